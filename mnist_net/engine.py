@@ -1,0 +1,158 @@
+"""Train and evaluate steps that return numbers, and the `fit` loop around them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_net.config import TrainConfig
+from mnist_net.data import Split, batches, eval_split_name
+from mnist_net.model import Net
+from mnist_net.runtime import autocast, autocast_dtype
+
+EVAL_BATCH = 1000
+DIVERGENCE_CHECK_EVERY = 16  # batches between host syncs that look for a non-finite loss
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float  # mean of per-batch nll losses, as the seed logged
+    acc: float  # percent
+    seconds: float
+    images_per_s: float
+    diverged: bool = False
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    loss: float  # summed nll / N, as the seed's test()
+    acc: float  # percent
+
+
+@dataclass
+class Training:
+    """What an epoch mutates; the tuner checkpoints exactly this."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    forward: nn.Module  # the model, or its torch.compile wrapper
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    diverged: bool = False
+
+
+def build_training(cfg: TrainConfig, device: torch.device) -> Training:
+    torch.manual_seed(cfg.seed)  # same seed -> same initial weights
+    model = Net().to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    forward = torch.compile(model) if cfg.compile else model
+    return Training(model, optimizer, scheduler, forward)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, *,
+                batch_size: int, generator: torch.Generator, augment: bool = True,
+                amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EpochStats:
+    """One pass over `data` in shuffled batches; stops early on a non-finite loss."""
+    model.train()
+    device = data.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = n_batches = 0
+    start = time.perf_counter()
+    for x, y in batches(data, batch_size, generator=generator, augment=augment,
+                        channels_last=channels_last):
+        with autocast(device, amp_dtype):
+            out = model(x)
+        loss = F.nll_loss(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        correct += (out.argmax(1) == y).sum()
+        seen, n_batches = seen + len(y), n_batches + 1
+        if n_batches % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            break
+    mean_loss = float(loss_sum) / max(n_batches, 1)  # float() syncs the device
+    seconds = time.perf_counter() - start
+    return EpochStats(loss=mean_loss, acc=100.0 * int(correct) / max(seen, 1), seconds=seconds,
+                      images_per_s=seen / seconds, diverged=not math.isfinite(mean_loss))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, *, batch_size: int = EVAL_BATCH,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EvalStats:
+    model.eval()
+    device = data.labels.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for x, y in batches(data, batch_size, channels_last=channels_last):
+        with autocast(device, amp_dtype):
+            out = model(x)
+        loss_sum += F.nll_loss(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    n = max(len(data), 1)
+    return EvalStats(loss=float(loss_sum) / n, acc=100.0 * int(correct) / n)
+
+
+EpochCallback = Callable[[dict, Training], None]
+
+
+def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
+        training: Training | None = None, start_epoch: int = 0,
+        callback: EpochCallback | None = None) -> History:
+    """Train for cfg.epochs (from start_epoch), evaluating each epoch; stops on divergence.
+
+    Each epoch's randomness comes from (seed, epoch), so a run resumed at epoch k draws
+    the same batches and augmentations as an uninterrupted one.
+    """
+    training = training or build_training(cfg, device)
+    amp = autocast_dtype(device, cfg.precision)
+    name = eval_split_name(cfg.train_split)
+    history = History()
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+        lr = training.optimizer.param_groups[0]["lr"]
+        stats = train_epoch(training.forward, training.optimizer, train, batch_size=cfg.batch_size,
+                            generator=gen, augment=cfg.augment, amp_dtype=amp,
+                            channels_last=cfg.channels_last)
+        training.scheduler.step()
+        record = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_acc": stats.acc,
+                  "epoch_seconds": stats.seconds, "images_per_s": stats.images_per_s}
+        diverged = stats.diverged
+        if not diverged:
+            ev = evaluate(training.forward, evals, amp_dtype=amp, channels_last=cfg.channels_last)
+            # The epoch's last steps can leave non-finite weights behind a still-finite loss.
+            diverged = not math.isfinite(ev.loss)
+        if diverged:
+            record.update({f"{name}_loss": float("nan"), f"{name}_acc": 10.0, "diverged": True})
+        else:
+            record.update({f"{name}_loss": ev.loss, f"{name}_acc": ev.acc, "diverged": False})
+        history.epochs.append(record)
+        if callback is not None:
+            callback(record, training)
+        if diverged:
+            history.diverged = True
+            break
+    return history

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real MNIST splits, loaded once, and small seeded subsets of them."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # plots render headless, before pyplot is imported
+# Idle OpenMP threads sleep instead of spinning: on 2 cores shared with another job,
+# spinning made each training step ~10x slower. Read once, when torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mnist_net.data import DEFAULT_DATA_DIR, Split, load_splits  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def splits() -> dict[str, Split]:
+    """train/val/train+val/test on the CPU; acquires MNIST into the cache if it is missing."""
+    return load_splits(DEFAULT_DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def small(splits):
+    """small("val", 200) -> a fixed seeded subset of that split (keeps CPU tests fast)."""
+
+    def make(name: str, size: int, seed: int = 0) -> Split:
+        return splits[name].subset(size, seed)
+
+    return make

@@ -1,0 +1,37 @@
+"""The one place for the search space, the metric and its mode."""
+
+from __future__ import annotations
+
+from ray import tune
+
+METRIC = "val_acc"  # percent correct on the 10k val split (never test)
+MODE = "max"
+TIME_ATTR = "training_iteration"  # one iteration == one epoch
+CHANCE_ACC = 10.0  # what a diverged trial scores
+
+LR_RANGE = (1e-3, 0.2)  # log-uniform
+MOMENTUM_RANGE = (0.5, 0.99)
+BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+PARAMS = ("lr", "momentum", "batch_size")
+
+# The seed's recipe is always trial 1, so the baseline is in every search.
+SEED_CONFIG = {"lr": 0.01, "momentum": 0.9, "batch_size": 512}
+
+
+def param_space() -> dict:
+    return {
+        "lr": tune.loguniform(*LR_RANGE),
+        "momentum": tune.uniform(*MOMENTUM_RANGE),
+        "batch_size": tune.choice(list(BATCH_SIZES)),
+    }
+
+
+def optuna_distributions() -> dict:
+    """The same space as Optuna distributions, to rebuild a study from finished trials."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    return {
+        "lr": FloatDistribution(*LR_RANGE, log=True),
+        "momentum": FloatDistribution(*MOMENTUM_RANGE),
+        "batch_size": CategoricalDistribution(list(BATCH_SIZES)),
+    }
