@@ -50,9 +50,13 @@ def train_and_test(cfg: TrainConfig, splits: dict[str, Split], device: torch.dev
     training = build_training(cfg, device)
     history = fit(cfg, train, evals, device=device, training=training, callback=report)
     bar.close()
-    amp = autocast_dtype(device, cfg.precision)
-    test = evaluate(training.forward, splits["test"].to(device), amp_dtype=amp,
-                    channels_last=cfg.channels_last)
+    last = history.epochs[-1]
+    if "test_acc" in last and cfg.eval_size is None and not history.diverged:
+        test = EvalStats(last["test_loss"], last["test_acc"])  # the last epoch already scored all of test
+    else:
+        amp = autocast_dtype(device, cfg.precision)
+        test = evaluate(training.forward, splits["test"].to(device), amp_dtype=amp,
+                        channels_last=cfg.channels_last)
     return RunResult(cfg, training, history, test, time.perf_counter() - start)
 
 

@@ -1,0 +1,139 @@
+"""Turn Ray's ResultGrid into the files a search leaves: trials.csv, epochs, the Optuna study."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_net import files
+from tuner.space import CHANCE_ACC, METRIC, MODE, PARAMS, TIME_ATTR, optuna_distributions
+
+PLOTS = {"optimization_history": "plot_optimization_history",
+         "param_importances": "plot_param_importances",
+         "parallel_coordinate": "plot_parallel_coordinate"}
+
+
+def trial_number(trial_id: str, path: str) -> int:
+    """Creation order, from Ray's trial folder name: 'train_s5_<id>_3_batch_size=...' -> 3."""
+    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_", Path(path).name)
+    return int(match.group(1)) if match else 10**9
+
+
+def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per trial, one row per trial-epoch) from a ResultGrid."""
+    rows, epochs = [], []
+    for result in grid:
+        history = result.metrics_dataframe
+        history = history if history is not None else pd.DataFrame()
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        config = result.config or {}
+        if not history.empty:
+            for _, rec in history.iterrows():
+                epochs.append({"trial_id": trial_id, "epoch": int(rec[TIME_ATTR]),
+                               **{k: rec.get(k) for k in ("val_acc", "val_loss", "train_loss",
+                                                          "train_acc", "lr", "images_per_s")}})
+        row = trial_row(trial_id, config, history, result.error, max_epochs)
+        rows.append({"trial": trial_number(trial_id, result.path), **row})
+    trials = pd.DataFrame(rows).sort_values("trial", kind="stable").reset_index(drop=True)
+    return trials, pd.DataFrame(epochs)
+
+
+def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epochs: int) -> dict:
+    ran = int(history[TIME_ATTR].max()) if not history.empty else 0
+    diverged = bool(not history.empty and history["diverged"].fillna(False).astype(bool).any())
+    if error is not None:
+        status = "errored"
+    elif diverged:
+        status = "diverged"
+    elif ran >= max_epochs:
+        status = "finished"
+    else:
+        status = "stopped"  # by ASHA
+    val = history[METRIC] if not history.empty else pd.Series(dtype=float)
+    best_idx = val.idxmax() if val.notna().any() else None
+    return {
+        "trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
+        "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
+        "best_epoch": int(history.loc[best_idx, TIME_ATTR]) if best_idx is not None else None,
+        "last_val_acc": float(val.iloc[-1]) if len(val) else math.nan,
+        "epochs_run": ran, "stopped_early": status == "stopped", "status": status,
+        "wall_time_s": float(history["time_total_s"].iloc[-1]) if not history.empty else 0.0,
+        "error": None if error is None else f"{type(error).__name__}: {error}"[:300],
+    }
+
+
+def best_trial(trials: pd.DataFrame) -> pd.Series:
+    """The trial with the highest val_acc at any epoch; diverged and errored trials never win."""
+    ok = trials[trials["status"].isin(["finished", "stopped"]) & trials["best_val_acc"].notna()]
+    if ok.empty:
+        raise RuntimeError("no trial finished with a val_acc; see trials.csv for errors")
+    return ok.loc[ok["best_val_acc"].idxmax() if MODE == "max" else ok["best_val_acc"].idxmin()]
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    files.write_text(path, df.to_csv(index=False))
+
+
+def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, name: str):
+    """An Optuna study rebuilt from the trials, saved as SQLite (optuna.load_study opens it).
+
+    A trial's value is its last reported val_acc (what OptunaSearch saw); a diverged
+    trial scores chance; an errored one is FAIL.
+    """
+    import optuna
+
+    dists = optuna_distributions()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_db = Path(tmp) / "study.db"
+        study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_db}",
+                                    direction="maximize" if MODE == "max" else "minimize")
+        for _, row in trials.iterrows():
+            errored = row["status"] == "errored" or math.isnan(row["last_val_acc"])
+            value = CHANCE_ACC if row["status"] == "diverged" else row["last_val_acc"]
+            steps = epochs[epochs["trial_id"] == row["trial_id"]] if not epochs.empty else epochs
+            study.add_trial(optuna.trial.create_trial(
+                params={p: _native(row[p]) for p in PARAMS}, distributions=dists,
+                value=None if errored else float(value),
+                state=optuna.trial.TrialState.FAIL if errored else optuna.trial.TrialState.COMPLETE,
+                intermediate_values={int(r.epoch): float(r.val_acc) for r in steps.itertuples()
+                                     if r.val_acc == r.val_acc},
+                user_attrs={"ray_trial_id": row["trial_id"], "status": row["status"],
+                            "epochs_run": int(row["epochs_run"])}))
+        del study  # release the SQLite connection before the file moves
+        with files.atomic_path(storage_file) as final_tmp:
+            shutil.copyfile(tmp_db, final_tmp)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{storage_file}")
+
+
+def write_plots(study, folder: Path) -> list[str]:
+    """Optuna's matplotlib plots of the study; returns the PNG names written."""
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    from mnist_net.plots import save
+
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        for name, fn in PLOTS.items():
+            try:
+                ax = getattr(ovm, fn)(study)
+            except (ValueError, RuntimeError) as err:  # e.g. importances need >1 complete trial
+                print(f"skipped {name} plot: {err}")
+                continue
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            save(fig, folder / f"{name}.png")
+            plt.close(fig)
+            written.append(f"{name}.png")
+    return written
+
+
+def _native(value):
+    """numpy scalars -> Python numbers, as Optuna's distributions expect."""
+    return value.item() if hasattr(value, "item") else value
