@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_net.cli import Parser, non_negative_int, positive_int, say
+from mnist_net.cli import Parser, non_negative_float, non_negative_int, positive_int, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
@@ -28,18 +28,21 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 def build_parser() -> Parser:
     d = SearchSettings()
     p = Parser(prog="python -m tuner.search", description=__doc__.splitlines()[0])
-    p.add_argument("--num-samples", type=positive_int, help=f"trials, the seed's config first (default {d.num_samples})")
-    p.add_argument("--max-epochs", type=positive_int, help=f"epochs per trial (default {d.max_epochs}; CPU budget {CPU_BUDGET['max_epochs']})")
+    p.add_argument("--num-samples", type=positive_int,
+                   help=f"trials, the seed's config first (default {d.num_samples})")
+    p.add_argument("--max-epochs", type=positive_int,
+                   help=f"epochs per trial (default {d.max_epochs}; CPU budget {CPU_BUDGET['max_epochs']})")
     p.add_argument("--train-size", type=positive_int, help="training subset per trial (default all 50,000; "
                    f"CPU budget {CPU_BUDGET['train_size']})")
     p.add_argument("--eval-size", type=positive_int, help="val subset scored each epoch (default all 10,000; "
                    f"CPU budget {CPU_BUDGET['eval_size']})")
     p.add_argument("--seed", type=non_negative_int, help=f"seeds the sampler and every trial (default {d.seed})")
     p.add_argument("--max-concurrent", type=positive_int, help="cap on trials at once (default: what fits)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial; 0 forces CPU "
+    p.add_argument("--gpus-per-trial", type=non_negative_float, help="GPU share per trial; 0 forces CPU "
                    f"(default {resources.DEFAULT_GPU_SHARE} when GPUs exist)")
     p.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per trial (default: planned)")
-    p.add_argument("--retrain-seeds", type=positive_int, help=f"seeds for the final retrain (default {d.retrain_seeds}; CPU budget {CPU_BUDGET['retrain_seeds']})")
+    p.add_argument("--retrain-seeds", type=positive_int, help="seeds for the final retrain "
+                   f"(default {d.retrain_seeds}; CPU budget {CPU_BUDGET['retrain_seeds']})")
     p.add_argument("--retrain-epochs", type=positive_int, help="epochs for the retrain (default = --max-epochs; "
                    f"CPU budget {CPU_BUDGET['retrain_epochs']})")
     p.add_argument("--no-retrain", action="store_true", help="stop after the search")
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is not None and not NAME_RE.match(args.name):
         parser.fail(f"--name {args.name!r}: use letters, digits, '.', '_' or '-' (a folder name)")
     try:
+        settings_from_args(args, has_gpu=True)  # reject bad values before Ray starts
         out = prepare_out_dir(args.out)
         storage = cluster.resolve_storage(args.storage, out)
         ensure_mnist(args.data_dir)  # once, in the driver, before any trial starts
