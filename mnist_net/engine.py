@@ -116,6 +116,14 @@ def evaluate(model: nn.Module, data: Split, *, batch_size: int = EVAL_BATCH,
     return EvalStats(loss=float(loss_sum) / n, acc=100.0 * int(correct) / n)
 
 
+@torch.no_grad()
+def predict(model: nn.Module, data: Split, *, batch_size: int = EVAL_BATCH,
+            channels_last: bool = False) -> torch.Tensor:
+    """Predicted digit for every image of `data`, in order."""
+    model.eval()
+    return torch.cat([model(x).argmax(1) for x, _ in batches(data, batch_size, channels_last=channels_last)])
+
+
 EpochCallback = Callable[[dict, Training], None]
 
 
