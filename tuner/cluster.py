@@ -26,8 +26,11 @@ def connect(address: str | None, dashboard: bool = False) -> None:
     import ray
 
     if not address:
+        # Ray 2.60 turns token auth on for a local Ray by default; we leave it on. Its gRPC
+        # servers bind every interface whatever we ask (Ray maps 127.0.0.1 to the node IP),
+        # so the token is what guards them. No dashboard unless asked for, then on loopback.
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+                 configure_logging=True, logging_level="WARNING")
         return
     if address != "auto" and "://" not in address:
         check_reachable(address)

@@ -49,7 +49,21 @@ def read_best(path: Path) -> dict:
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict) or any(p not in config for p in PARAMS):
         raise ValueError(f"{path} has no \"config\" with {list(PARAMS)}; is it a best_config.json?")
-    TrainConfig.from_dict(config)  # wrong types or values fail here, before any training
+    # Both configs are checked here, before any training: a bad seed_config must not
+    # surface as a traceback after the best config's runs.
+    for key, params in (("config", config), ("seed_config", data.get("seed_config", SEED_CONFIG))):
+        if not isinstance(params, dict) or sorted(params) != sorted(PARAMS):
+            # only the searched hyperparameters: an "epochs" or "train_split" here would
+            # silently override the retrain's own settings
+            raise ValueError(f"{path}: \"{key}\" must hold exactly {list(PARAMS)}, got "
+                             f"{sorted(params) if isinstance(params, dict) else type(params).__name__}")
+        try:
+            TrainConfig.from_dict(params)  # wrong types or values fail here
+        except ValueError as err:
+            raise ValueError(f"{path}: \"{key}\": {err}") from None
+    experiment = data.get("experiment", {})
+    if not (isinstance(experiment, dict) and isinstance(experiment.get("summary_dir", "."), str)):
+        raise ValueError(f"{path}: \"experiment\" must be an object with a \"summary_dir\" string")
     return data
 
 

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         settings_from_args(args, has_gpu=True)  # reject bad values before Ray starts
         out = prepare_out_dir(args.out)
         storage = cluster.resolve_storage(args.storage, out)
+        name, saved = resolve_experiment(args, storage, out)  # a clash or nothing to resume: before Ray too
         ensure_mnist(args.data_dir)  # once, in the driver, before any trial starts
         cluster.connect(args.address, args.dashboard)
     except (ValueError, DataUnavailable, ConnectionError) as err:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nodes = resources.alive_nodes()
         has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
-        name, settings = resolve_experiment(args, storage, out, has_gpu)
+        settings = saved or settings_from_args(args, has_gpu)
         plan = resources.plan(nodes, settings.gpus_per_trial, settings.cpus_per_trial,
                               settings.max_concurrent)
     except ValueError as err:
@@ -98,19 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     return run(args, settings, plan, storage, out, name)
 
 
-def resolve_experiment(args, storage: str, out: Path, has_gpu: bool) -> tuple[str, SearchSettings]:
-    """A new experiment (refusing to overwrite one) or the saved settings of the one to resume."""
+def resolve_experiment(args, storage: str, out: Path) -> tuple[str, SearchSettings | None]:
+    """A new experiment's name (refusing to overwrite one), or the name and saved settings of the
+    one to resume. Needs no Ray: a wrong --name fails in a second, not after Ray has started."""
     if args.resume:
         name = args.name or cluster.newest_experiment(storage)
         if not cluster.can_restore(storage, name):
-            raise ValueError(f"nothing to resume: no restorable experiment {name!r} in {storage}; "
+            what = f"experiment {name!r}" if name else "experiment"
+            raise ValueError(f"nothing to resume: no restorable {what} in {storage}; "
                              "start a new search without --resume")
         return name, SearchSettings.load(out / name / "search_settings.json")
     name = args.name or time.strftime("s5-%Y%m%d-%H%M%S", time.gmtime())
     if cluster.can_restore(storage, name) or (out / name).exists():
         raise ValueError(f"experiment {name!r} already exists in {storage}; pass --resume to "
                          "continue it, or a new --name")
-    return name, settings_from_args(args, has_gpu)
+    return name, None
 
 
 def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out: Path, name: str) -> int:
@@ -148,8 +151,14 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
             f"--name {name} --out {out}" + (f" --storage {args.storage}" if args.storage else ""))
         cluster.disconnect()
         return 130
-    best = publish.write_search_results(grid, settings, plan, storage, summary_dir, out, name,
-                                        time.time() - start)
+    try:
+        best = publish.write_search_results(grid, settings, plan, storage, summary_dir, out, name,
+                                            time.time() - start)
+    except OSError as err:  # disk full, folder gone read-only: earlier files stay as they were
+        say(f"error: cannot write the search's results to {summary_dir}: {err.strerror or err}. "
+            f"Ray's experiment in {storage}/{name} is complete; free space and rerun with --resume --name {name}")
+        cluster.disconnect()
+        return 1
     cluster.disconnect()
     say(f"best: lr {best['config']['lr']:.4g}, momentum {best['config']['momentum']:.3f}, "
         f"batch {best['config']['batch_size']} -> {METRIC} {best[METRIC]:.2f}% "

@@ -1,0 +1,182 @@
+"""Resource planning, search settings and their presets: pure functions, no Ray started."""
+
+import pytest
+
+from tuner import resources
+from tuner.resources import DEFAULT_GPU_SHARE, plan
+from tuner.search import build_parser, settings_from_args
+from tuner.settings import CPU_BUDGET, SMOKE, SearchSettings
+
+
+def test_cpu_only_box_runs_one_cpu_trials_and_never_asks_for_a_gpu():
+    p = plan([{"CPU": 2.0, "memory": 8e9}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.0, 1, 2)
+    assert p.resources == {"cpu": 1, "gpu": 0.0}
+    assert (p.gpus, p.cpus, p.nodes) == (0, 2.0, 1)
+    assert "no GPU" in p.describe() and "2 trials at once" in p.describe()
+
+
+def test_one_gpu_eight_cpus_packs_four_quarter_gpu_trials():
+    p = plan([{"GPU": 1.0, "CPU": 8.0}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (DEFAULT_GPU_SHARE, 2, 4)
+    assert p.resources == {"cpu": 2, "gpu": 0.25}
+
+
+def test_four_gpus_sixteen_cpus_packs_sixteen_trials():
+    p = plan([{"GPU": 4.0, "CPU": 16.0}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.25, 1, 16)
+
+
+def test_two_gpu_nodes_add_up():
+    p = plan([{"GPU": 1, "CPU": 8}, {"GPU": 1, "CPU": 8}])
+    assert (p.gpus, p.cpus, p.nodes) == (2, 16, 2)
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.25, 2, 8)
+
+
+def test_gpu_node_plus_cpu_only_node_places_trials_on_the_gpu_node_only():
+    # Every trial asks for a GPU share, so the CPU-only node takes none: 4 slots, not 4 + 16.
+    # (Mixing GPU and CPU trials would make the trials' speeds, hence ASHA's rungs, incomparable.)
+    p = plan([{"GPU": 1, "CPU": 8}, {"CPU": 16}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.25, 2, 4)
+    assert (p.gpus, p.cpus, p.nodes) == (1, 24, 2)
+
+
+def test_gpus_per_trial_zero_on_a_gpu_box_plans_cpu_trials():
+    p = plan([{"GPU": 1, "CPU": 8}], gpus_per_trial=0)
+    assert p.gpu_per_trial == 0 and p.resources["gpu"] == 0
+    assert (p.cpu_per_trial, p.concurrent) == (1, 8)
+
+
+def test_explicit_gpu_share_is_used():
+    p = plan([{"GPU": 2, "CPU": 16}], gpus_per_trial=0.5)
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.5, 4, 4)
+    p = plan([{"GPU": 4, "CPU": 16}], gpus_per_trial=2)
+    assert (p.gpu_per_trial, p.concurrent) == (2, 2)
+
+
+@pytest.mark.parametrize("share", [0.25, 1, 2])
+def test_gpus_per_trial_without_a_gpu_is_an_error(share):
+    with pytest.raises(ValueError, match="no GPU"):
+        plan([{"CPU": 8}, {"CPU": 8}], gpus_per_trial=share)
+
+
+def test_gpu_share_bigger_than_any_node_is_an_error():
+    with pytest.raises(ValueError, match="no node has 2 GPU"):
+        plan([{"GPU": 1, "CPU": 8}, {"GPU": 1, "CPU": 8}], gpus_per_trial=2)
+
+
+def test_max_concurrent_caps_but_never_raises():
+    assert plan([{"GPU": 4, "CPU": 16}], max_concurrent=3).concurrent == 3
+    assert plan([{"CPU": 2}], max_concurrent=1).concurrent == 1
+    assert plan([{"CPU": 2}], max_concurrent=50).concurrent == 2
+
+
+def test_cpus_per_trial_is_honoured_and_too_many_is_an_error():
+    assert plan([{"CPU": 8}], cpus_per_trial=4).concurrent == 2
+    p = plan([{"GPU": 1, "CPU": 8}], cpus_per_trial=4)
+    assert (p.cpu_per_trial, p.concurrent) == (4, 2)  # CPUs, not the GPU, limit it
+    with pytest.raises(ValueError, match="no node can fit one trial"):
+        plan([{"CPU": 2}], cpus_per_trial=4)
+    with pytest.raises(ValueError, match="no node can fit one trial"):
+        plan([{"CPU": 4}, {"CPU": 4}], cpus_per_trial=6)  # 8 in total, but no single node has 6
+    with pytest.raises(ValueError, match="no node can fit one trial"):
+        plan([{"GPU": 1, "CPU": 8}], cpus_per_trial=16)
+
+
+def test_big_cpu_box_gives_each_trial_a_few_threads():
+    p = plan([{"CPU": 64}])
+    assert (p.cpu_per_trial, p.concurrent) == (8, 8)
+
+
+def test_alive_nodes_reads_only_alive_nodes(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
+    assert resources.alive_nodes() == [{"CPU": 2.0}]
+
+
+# --- SearchSettings -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("num_samples", 0), ("num_samples", -3), ("num_samples", 2.5), ("max_epochs", 0),
+    ("retrain_seeds", 0), ("train_size", 0), ("eval_size", -1), ("max_concurrent", 0),
+    ("cpus_per_trial", 0), ("retrain_epochs", 0), ("retrain_train_size", 0),
+    ("gpus_per_trial", -0.5), ("gpus_per_trial", 1.5), ("gpus_per_trial", 2.5),
+    ("train_size", 50_001), ("eval_size", 10_001),
+])
+def test_search_settings_reject_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        SearchSettings(**{field: value})
+
+
+@pytest.mark.parametrize("g", [0, 0.1, 0.25, 1, 2, 4.0])
+def test_search_settings_accept_gpu_fractions_and_whole_gpus(g):
+    assert SearchSettings(gpus_per_trial=g).gpus_per_trial == g
+
+
+@pytest.mark.parametrize("max_epochs, grace, rf", [
+    (1, 1, 2), (2, 1, 2), (3, 1, 2), (6, 1, 2), (7, 1, 3), (19, 1, 3), (20, 2, 3), (35, 3, 3),
+])
+def test_asha_grace_period_and_reduction_factor(max_epochs, grace, rf):
+    s = SearchSettings(max_epochs=max_epochs)
+    assert (s.grace_period, s.reduction_factor) == (grace, rf)
+
+
+def test_search_settings_round_trip_and_bad_file(tmp_path):
+    s = SearchSettings(num_samples=5, max_epochs=3, train_size=512, gpus_per_trial=0.5, budget="smoke")
+    s.save(tmp_path / "s.json")
+    assert SearchSettings.load(tmp_path / "s.json") == s
+    (tmp_path / "bad.json").write_text('{"num_samples": 5, "colour": "red"}')
+    for name in ("bad.json", "missing.json"):
+        with pytest.raises(ValueError, match="cannot read the saved search settings"):
+            SearchSettings.load(tmp_path / name)
+
+
+# --- settings_from_args: defaults < CPU budget or smoke preset < explicit flags --------------
+
+def settings(argv, has_gpu):
+    return settings_from_args(build_parser().parse_args(argv), has_gpu=has_gpu)
+
+
+def test_no_gpu_and_no_budget_flag_uses_the_cpu_budget():
+    s = settings([], has_gpu=False)
+    assert s.budget == "cpu"
+    assert {k: getattr(s, k) for k in CPU_BUDGET} == CPU_BUDGET
+    # flags that don't change the cost per trial keep the budget
+    s = settings(["--num-samples", "8", "--seed", "3", "--max-concurrent", "1"], has_gpu=False)
+    assert (s.budget, s.num_samples, s.seed, s.max_concurrent, s.max_epochs) == ("cpu", 8, 3, 1, 4)
+
+
+@pytest.mark.parametrize("flag", ["--max-epochs", "--train-size", "--eval-size", "--retrain-seeds",
+                                  "--retrain-epochs"])
+def test_any_budget_flag_turns_the_cpu_budget_off(flag):
+    s = settings([flag, "3"], has_gpu=False)
+    assert s.budget == "full"
+    assert getattr(s, flag[2:].replace("-", "_")) == 3
+    others = SearchSettings()
+    for k in CPU_BUDGET:
+        if k != flag[2:].replace("-", "_"):
+            assert getattr(s, k) == getattr(others, k), k  # the defaults, not the budget
+
+
+def test_a_gpu_gets_the_full_defaults():
+    s = settings([], has_gpu=True)
+    assert s == SearchSettings()
+    assert (s.budget, s.max_epochs, s.train_size, s.num_samples) == ("full", 20, None, 32)
+
+
+@pytest.mark.parametrize("has_gpu", [False, True])
+def test_smoke_preset_then_explicit_flags(has_gpu):
+    s = settings(["--smoke-test"], has_gpu=has_gpu)
+    assert s.budget == "smoke"
+    assert {k: getattr(s, k) for k in SMOKE} == SMOKE
+    s = settings(["--smoke-test", "--max-epochs", "3", "--num-samples", "6"], has_gpu=has_gpu)
+    assert (s.budget, s.max_epochs, s.num_samples, s.train_size) == ("smoke", 3, 6, 512)
+
+
+def test_settings_from_args_rejects_what_settings_reject():
+    with pytest.raises(ValueError, match="train_size"):
+        settings(["--train-size", "60000"], has_gpu=True)
+    with pytest.raises(ValueError, match="gpus_per_trial"):
+        settings(["--gpus-per-trial", "1.5"], has_gpu=True)
