@@ -150,7 +150,9 @@ def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
                   "epoch_seconds": stats.seconds, "images_per_s": stats.images_per_s}
         diverged = stats.diverged
         if not diverged:
+            eval_start = time.perf_counter()
             ev = evaluate(training.forward, evals, amp_dtype=amp, channels_last=cfg.channels_last)
+            record["eval_seconds"] = time.perf_counter() - eval_start
             # The epoch's last steps can leave non-finite weights behind a still-finite loss.
             diverged = not math.isfinite(ev.loss)
         if diverged:

@@ -36,8 +36,9 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not history.empty:
             for _, rec in history.iterrows():
                 epochs.append({"trial_id": trial_id, "epoch": int(rec[TIME_ATTR]),
-                               **{k: rec.get(k) for k in ("val_acc", "val_loss", "train_loss",
-                                                          "train_acc", "lr", "images_per_s")}})
+                               **{k: rec.get(k) for k in ("val_acc", "val_loss", "train_loss", "train_acc",
+                                                          "lr", "images_per_s", "epoch_seconds",
+                                                          "eval_seconds", "peak_rss_mb")}})
         row = trial_row(trial_id, config, history, result.error, max_epochs)
         rows.append({"trial": trial_number(trial_id, result.path), **row})
     trials = pd.DataFrame(rows).sort_values("trial", kind="stable").reset_index(drop=True)

@@ -189,7 +189,9 @@ def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, stora
         trainable, param_space=param_space(),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=settings.num_samples,
-                                    max_concurrent_trials=plan.concurrent),
+                                    max_concurrent_trials=plan.concurrent,
+                                    # a new process per trial costs seconds of imports and data loading
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1,
             failure_config=tune.FailureConfig(max_failures=2),
