@@ -7,11 +7,13 @@ the 10k val split. The fast path runs as TrainConfig's defaults run it on this m
 (channels_last, bf16 autocast where the hardware has bf16); the seed path uses torchvision MNIST,
 the seed's PIL transforms and a 2-worker DataLoader.
 
-Tolerance (1.0 percentage point on the difference of the two paths' mean val accuracy): at this
-small budget (~200 SGD steps, ~95% val accuracy) val accuracy still moves by a few tenths of a
-point from seed to seed alone, and the difference of two 2-seed means has a standard deviation of
-about one seed-to-seed standard deviation; 1.0 pp is about twice that, so equal paths pass while
-a real loss of learning (a broken augmentation, wrong normalisation: several points) fails.
+Tolerance: 1.0 percentage point on |mean fast - mean seed|. At this budget (~200 SGD steps,
+~94-95% val accuracy) one path's val accuracy still moves by about a point from seed to seed
+(first full run: seed-recipe sd 1.1 pp over seeds 1 and 2), and the difference of two 2-seed
+means has a standard deviation of about that sd. So 1.0 pp is about the smallest gap this budget
+can resolve: a pass means "no gap beyond about a point", which rules out a fast path that learns
+clearly worse (wrong normalisation, augmentation that destroys digits: several points), not a
+few tenths. For a sharper verdict raise --seeds and --epochs (the spread shrinks as runs converge).
 The paths are not bit-identical by design: the fast path resamples once, bilinearly, where the
 seed's rotation was nearest-neighbour, and it trains in bf16.
 """

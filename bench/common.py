@@ -123,6 +123,7 @@ def machine(device: torch.device) -> dict[str, object]:
     import torchvision
 
     info: dict[str, object] = {
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_avg_1_5_15": load_average(),
@@ -188,7 +189,7 @@ def append_result(path: Path, title: str, command: str, facts: dict[str, object]
     stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     load = facts.get("load_avg_1_5_15")
     section = "\n".join([
-        f"## {title} — {stamp}",
+        f"## {title} — started {facts.get('started')}, finished {stamp}",
         "",
         f"- command: `{command}`",
         f"- machine: {facts.get('cpu')}, {facts.get('cores')} cores, load average (1/5/15 min) "
