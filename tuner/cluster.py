@@ -40,9 +40,16 @@ def connect(address: str | None, dashboard: bool = False) -> None:
     try:
         ray.init(address=address, logging_level="WARNING")
     except Exception as err:  # Ray raises ConnectionError, AuthenticationError, RuntimeError...
-        hint = ("" if token_available() else
-                "; if the cluster uses token authentication, put its token in ~/.ray/auth_token "
-                "(or set RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE=token")
+        # Ray's own message only says "Failed to connect"; a rejected token shows in the cause.
+        rejected = "InvalidAuthToken" in f"{err} {err.__cause__}"
+        if not token_available():
+            hint = ("; if the cluster uses token authentication, put its token in ~/.ray/auth_token "
+                    "(or set RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE=token")
+        elif rejected:
+            hint = ("; the cluster rejected our auth token: use the token the cluster was started with "
+                    "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+        else:
+            hint = ""
         raise ConnectionError(f"cannot join the Ray cluster at {address}: "
                               f"{str(err).splitlines()[0][:200]}{hint}") from None
 
@@ -85,6 +92,13 @@ def newest_experiment(storage: str) -> str | None:
     return next((p.name for p in folders if can_restore(storage, p.name)), None)
 
 
-def unfinished(grid) -> bool:
-    """True when some trial neither terminated nor errored (the run was interrupted)."""
-    return grid.num_terminated + grid.num_errors < len(grid)
+def unfinished(grid, num_samples: int) -> bool:
+    """True when the run was interrupted: fewer trials than asked for, or one not yet ended.
+
+    On Ctrl-C, Ray 2.60 stops the running trials and marks them TERMINATED like finished ones;
+    only a trial that ended on its own (returned, or was stopped by the scheduler) has
+    done=True in its last result.
+    """
+    if len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid):
+        return True
+    return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)

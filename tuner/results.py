@@ -65,8 +65,15 @@ def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epo
         "last_val_acc": float(val.iloc[-1]) if len(val) else math.nan,
         "epochs_run": ran, "stopped_early": status == "stopped", "status": status,
         "wall_time_s": float(history["time_total_s"].iloc[-1]) if not history.empty else 0.0,
-        "error": None if error is None else f"{type(error).__name__}: {error}"[:300],
+        "error": None if error is None else error_text(error),
     }
+
+
+def error_text(error: BaseException) -> str:
+    """'RuntimeError: message'. Ray wraps a trial's exception in a RayTaskError whose text is a
+    coloured traceback that would fill the column before reaching the message; show the cause."""
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}"[:300]
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series:

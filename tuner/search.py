@@ -135,6 +135,8 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     trainable = tune.with_resources(
         tune.with_parameters(train_s5, base=base, data_dir=str(Path(args.data_dir).expanduser().resolve())),
         plan.resources)
+    resume = f"python -m tuner.search --resume --name {name} --out {out}" + (
+        f" --storage {args.storage}" if args.storage else "")
     start = time.time()
     try:
         if args.resume:
@@ -146,9 +148,8 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
         grid = tuner.fit()
     except KeyboardInterrupt:
         grid = None
-    if grid is None or cluster.unfinished(grid):
-        say(f"search interrupted; its state is saved. Resume with: python -m tuner.search --resume "
-            f"--name {name} --out {out}" + (f" --storage {args.storage}" if args.storage else ""))
+    if grid is None or cluster.unfinished(grid, settings.num_samples):
+        say(f"search interrupted; its state is saved. Resume with: {resume}")
         cluster.disconnect()
         return 130
     try:
@@ -156,7 +157,7 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
                                             time.time() - start)
     except OSError as err:  # disk full, folder gone read-only: earlier files stay as they were
         say(f"error: cannot write the search's results to {summary_dir}: {err.strerror or err}. "
-            f"Ray's experiment in {storage}/{name} is complete; free space and rerun with --resume --name {name}")
+            f"Ray's experiment in {storage}/{name} is complete; free space and rerun: {resume}")
         cluster.disconnect()
         return 1
     cluster.disconnect()

@@ -1,0 +1,72 @@
+"""Helpers for tests that run Ray in a child process: find and end exactly what that child started.
+
+A child started with `start_new_session=True` leads a new session whose id is its pid. Everything
+it starts (Ray's gcs_server, raylet, dashboard, and the raylet's workers, which move into process
+groups of their own) stays in that session, so the session id finds them all and nothing else:
+no `ray stop`, which would also end other users' Ray clusters on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+RAY_CLI = str(Path(sys.executable).parent / "ray")
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes in session `sid`."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited while we looked
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 30.0) -> None:
+    """SIGKILL every process of session `sid` (by pid) until none is left."""
+    deadline = time.monotonic() + timeout
+    while pids := session_pids(sid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} of session {sid} survived SIGKILL")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("the process that should listen there exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Ray's settings (RAY_ADDRESS, RAY_AUTH_*), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(extra)
+    return env

@@ -1,0 +1,137 @@
+"""An interrupted search resumes: finished trials are kept as they were, an interrupted one continues
+from its checkpoint. The first run is a real `python -m tuner.search` killed with SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+from raysession import clean_env, kill_session, session_pids
+
+from tuner import search
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_EPOCHS = 3  # the 2nd checkpoint at epoch 2 forces Ray to snapshot the experiment state
+
+
+def snapshot(experiment: Path) -> dict[str, dict] | None:
+    """What a resume will see: Ray's experiment state, {trial_id: {status, iteration, checkpoint}}."""
+    # one file per driver session (a resume writes a new one); the names sort by start time
+    files = sorted(experiment.glob("experiment_state-*.json"))
+    if not files:
+        return None
+    try:
+        data = json.loads(files[-1].read_text())
+    except (OSError, ValueError):  # being rewritten right now
+        return None
+    state = {}
+    for trial_json, meta_json in data["trial_data"]:
+        trial, last = json.loads(trial_json), json.loads(meta_json)["last_result"]
+        state[trial["trial_id"]] = {"status": trial["status"], "iteration": last.get("training_iteration"),
+                                    "checkpoint": last.get("checkpoint_dir_name")}
+    return state
+
+
+def ready_to_kill(experiment: Path, state) -> tuple[str, str] | None:
+    """(a trial that finished every epoch, a running trial with a checkpoint), or None yet.
+
+    The running trial's result log must hold no more epochs than the snapshot: one logged after
+    the snapshot would be trained and logged again on resume (Ray restarts from the snapshot).
+    """
+    if not state:
+        return None
+    done = [t for t, s in state.items() if s["status"] == "TERMINATED" and s["iteration"] == MAX_EPOCHS]
+    running = [t for t, s in state.items() if s["status"] == "RUNNING" and s["checkpoint"]
+               and s["iteration"] < MAX_EPOCHS and len(results(experiment, t)) == s["iteration"]]
+    return (done[0], running[0]) if done and running else None
+
+
+def results(experiment: Path, trial_id: str) -> list[dict]:
+    folder = next(experiment.glob(f"train_s5_{trial_id}_*"))
+    records = []
+    for line in (folder / "result.json").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # the line being written right now
+            pass
+    return records
+
+
+def test_killed_search_resumes_with_finished_trials_kept(tmp_path):
+    out = tmp_path / "results"
+    experiment = out / "ray" / "r"
+    argv = ["--smoke-test", "--num-samples", "3", "--max-concurrent", "1", "--max-epochs", str(MAX_EPOCHS),
+            "--no-retrain", "--name", "r", "--out", str(out)]
+    log = tmp_path / "first_run.log"
+    with open(log, "w") as fh:
+        # its own session: the search, the local Ray it starts and Ray's workers are all in it
+        proc = subprocess.Popen([sys.executable, "-m", "tuner.search", *argv], cwd=ROOT, env=clean_env(),
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while ready_to_kill(experiment, snapshot(experiment)) is None:
+            # One trial at a time, so trial 1 finishes before trial 2 starts. Trial 2 is RUNNING
+            # with a checkpoint from its 2nd epoch's forced snapshot until the one at its 3rd.
+            # (If ASHA stops trial 2 at epoch 1 or 2, trial 3 gets the same chance.)
+            assert proc.poll() is None, f"the search ended before it could be interrupted:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no trial finished in time:\n{log.read_text()}"
+            time.sleep(0.05)
+        assert session_pids(proc.pid), "the search should be running"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes in its group...
+        # ...but Ray's workers sit in process groups of their own: left alone, the trial
+        # actor keeps training as an orphan for a while and writes checkpoints nobody records.
+        kill_session(proc.pid)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc.pid)
+    assert session_pids(proc.pid) == []
+
+    at_kill = snapshot(experiment)  # re-read: the state the resume will see
+    pair = ready_to_kill(experiment, at_kill)
+    assert pair, f"the trial moved on between the last look and the kill: {at_kill}"
+    done, interrupted = pair
+    k = at_kill[interrupted]["iteration"]
+    done_before = (next(experiment.glob(f"train_s5_{done}_*")) / "result.json").read_bytes()
+    interrupted_before = results(experiment, interrupted)
+    assert [r["training_iteration"] for r in interrupted_before] == list(range(1, k + 1))
+    assert not (out / "r" / "trials.csv").exists()  # it never got that far
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        try:
+            code = search.main(["--resume", "--name", "r", "--out", str(out), "--no-retrain"])
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+    assert code == 0
+
+    final = snapshot(experiment)
+    assert len(final) == 3 and {s["status"] for s in final.values()} == {"TERMINATED"}
+    trials = pd.read_csv(out / "r" / "trials.csv")
+    assert list(trials["trial"]) == [1, 2, 3]
+    assert set(trials["status"]) <= {"finished", "stopped"}
+
+    # the finished trial was kept, not rerun: its result log is byte for byte the same
+    assert (next(experiment.glob(f"train_s5_{done}_*")) / "result.json").read_bytes() == done_before
+
+    # the interrupted one went on from its checkpoint at epoch k: k+1.. MAX_EPOCHS, never epoch 1 again
+    after = results(experiment, interrupted)
+    iterations = [r["training_iteration"] for r in after]
+    assert iterations == list(range(1, MAX_EPOCHS + 1)), iterations
+    assert [r["val_acc"] for r in after[:k]] == [r["val_acc"] for r in interrupted_before]
+    resumed = after[k:]
+    assert [r["iterations_since_restore"] for r in resumed] == list(range(1, MAX_EPOCHS - k + 1))
+    row = trials[trials["trial_id"] == interrupted].iloc[0]
+    assert (row["status"], row["epochs_run"]) == ("finished", MAX_EPOCHS)
+    epochs = pd.read_csv(out / "r" / "trial_epochs.csv")
+    assert list(epochs[epochs["trial_id"] == interrupted]["epoch"]) == list(range(1, MAX_EPOCHS + 1))

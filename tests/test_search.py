@@ -1,0 +1,255 @@
+"""A real search, end to end: one smoke search (in-process, local Ray) checked from many sides,
+then two tiny searches with the same seed. CPU only, real MNIST subsets."""
+
+import datetime as dt
+import hashlib
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import torch
+from ray import tune
+
+from mnist_net.engine import evaluate
+from mnist_net.model import Net
+from mnist_net.runtime import autocast_dtype
+from tuner import search
+from tuner.space import BATCH_SIZES, LR_RANGE, MOMENTUM_RANGE, PARAMS, SEED_CONFIG
+
+pytestmark = pytest.mark.slow
+
+MAX_EPOCHS = 3
+NUM_SAMPLES = 6
+SUMMARY_FILES = ["best_config.json", "trials.csv", "trial_epochs.csv", "study.db", "optimization_history.png",
+                 "param_importances.png", "parallel_coordinate.png", "search_settings.json", "retrain.json",
+                 "best_curves.png", "seed_curves.png", "best_model.pt"]
+
+
+def run_search(argv: list[str]) -> int:
+    """tuner.search.main in this process; Ray is shut down whatever happens."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray, never a cluster this shell points at
+        try:
+            return search.main(argv)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke search with retrain, shared by every test in this module (about 2 minutes).
+
+    --max-epochs 3 gives ASHA a grace period of 1 and a reduction factor of 2: rungs at epochs 1
+    and 2, where a trial is stopped if its val_acc is below the median of those already recorded
+    at that rung. Six trials, two at a time, make an early stop all but certain (see
+    test_asha_stopped_a_trial_early).
+    """
+    out = tmp_path_factory.mktemp("search") / "results"
+    argv = ["--smoke-test", "--out", str(out), "--name", "smoke", "--num-samples", str(NUM_SAMPLES),
+            "--max-epochs", str(MAX_EPOCHS)]
+    code = run_search(argv)
+    folder = out / "smoke"
+    return SimpleNamespace(code=code, out=out, folder=folder, argv=argv)
+
+
+@pytest.fixture(scope="module")
+def trials(smoke) -> pd.DataFrame:
+    return pd.read_csv(smoke.folder / "trials.csv")
+
+
+@pytest.fixture(scope="module")
+def epochs(smoke) -> pd.DataFrame:
+    return pd.read_csv(smoke.folder / "trial_epochs.csv")
+
+
+@pytest.fixture(scope="module")
+def best(smoke) -> dict:
+    return json.loads((smoke.folder / "best_config.json").read_text())
+
+
+def test_search_exits_zero_and_writes_every_file(smoke):
+    assert smoke.code == 0
+    assert (smoke.out / "best_config.json").is_file()
+    missing = [f for f in SUMMARY_FILES if not (smoke.folder / f).is_file()]
+    assert missing == []
+    # the stable copy in --out is byte for byte the summary folder's
+    assert (smoke.out / "best_config.json").read_bytes() == (smoke.folder / "best_config.json").read_bytes()
+    for name in ("optimization_history", "param_importances", "parallel_coordinate", "best_curves",
+                 "seed_curves"):
+        png = (smoke.folder / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+
+
+def test_trials_table_has_one_row_per_trial_seed_config_first(trials, epochs):
+    assert list(trials["trial"]) == list(range(1, NUM_SAMPLES + 1))
+    assert trials["trial_id"].is_unique
+    first = trials.iloc[0]
+    assert {p: first[p] for p in PARAMS} == SEED_CONFIG
+    assert trials["lr"].between(*LR_RANGE).all()
+    assert trials["momentum"].between(*MOMENTUM_RANGE).all()
+    assert trials["batch_size"].isin(BATCH_SIZES).all()
+    assert trials[list(PARAMS)].drop_duplicates().shape[0] == NUM_SAMPLES  # distinct suggestions
+    assert set(trials["status"]) <= {"finished", "stopped"}
+    assert ((trials["status"] == "finished") == (trials["epochs_run"] == MAX_EPOCHS)).all()
+    assert (trials["stopped_early"] == (trials["status"] == "stopped")).all()
+    assert trials["error"].isna().all()
+    # every per-trial number agrees with the per-epoch table it summarises
+    for row in trials.itertuples():
+        mine = epochs[epochs["trial_id"] == row.trial_id]
+        assert list(mine["epoch"]) == list(range(1, row.epochs_run + 1))
+        assert mine["val_acc"].between(0, 100).all() and mine["val_loss"].gt(0).all()
+        assert row.best_val_acc == mine["val_acc"].max()
+        assert row.last_val_acc == mine["val_acc"].iloc[-1]
+        assert mine.loc[mine["val_acc"].idxmax(), "epoch"] == row.best_epoch
+        assert row.wall_time_s > 0
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
+
+
+def test_asha_stopped_a_trial_early(trials, epochs):
+    """Why this is reliable: async ASHA (grace 1, reduction factor 2, max_t 3) compares each trial,
+    at epochs 1 and 2, with the median of the trials that reached that epoch before it, and stops
+    it if it is below. Whichever trial has the lowest epoch-1 val_acc is stopped unless it is one
+    of the first to report; with six trials that fails only if the worst trial comes first at both
+    rungs. Here it is also deterministic: seed 0 fixes the six configs (TPE samples at random for
+    its first 10 trials) and single-threaded CPU training fixes their accuracies.
+    """
+    stopped = trials[trials["status"] == "stopped"]
+    assert len(stopped) >= 1, trials[["trial", "status", "epochs_run"]]
+    assert (stopped["epochs_run"] < MAX_EPOCHS).all()
+    for row in stopped.itertuples():
+        # it stopped at a rung, below the median of earlier reports there, hence below the best
+        rung = row.epochs_run
+        assert rung in (1, 2)
+        at_rung = epochs[epochs["epoch"] == rung].set_index("trial_id")["val_acc"]
+        others = at_rung.drop(row.trial_id)
+        assert at_rung[row.trial_id] < others.max()
+
+
+def test_best_config_is_the_best_trial_with_provenance(smoke, trials, best):
+    ok = trials[trials["status"].isin(["finished", "stopped"])]
+    top = ok.loc[ok["best_val_acc"].idxmax()]
+    assert best["config"] == {p: top[p] for p in PARAMS}
+    assert isinstance(best["config"]["batch_size"], int)
+    assert (best["val_acc"], best["epoch"], best["trial_id"]) == (top["best_val_acc"], top["best_epoch"],
+                                                                   top["trial_id"])
+    assert best["val_acc"] == trials["best_val_acc"].max()
+    assert (best["metric"], best["mode"]) == ("val_acc", "max")
+    assert best["seed_config"] == SEED_CONFIG
+    assert best["seed_config_val_acc"] == trials.iloc[0]["best_val_acc"]
+    storage = str(smoke.out / "ray")
+    assert best["experiment"] == {"name": "smoke", "storage": storage, "ray_path": f"{storage}/smoke",
+                                  "summary_dir": "smoke"}
+    s = best["search"]
+    assert (s["num_samples"], s["max_epochs"], s["train_size"], s["eval_size"], s["budget"]) == \
+        (NUM_SAMPLES, MAX_EPOCHS, 512, 500, "smoke")
+    assert (s["grace_period"], s["reduction_factor"], s["trials"]) == (1, 2, NUM_SAMPLES)
+    assert s["status_counts"] == trials["status"].value_counts().to_dict()
+    assert "2 trials at once" in s["plan"] and s["wall_time_s"] > 0
+    assert best["seed"] == 0
+    p = best["provenance"]
+    assert dt.datetime.fromisoformat(p["time"]).tzinfo is not None
+    assert {"torch", "ray", "optuna", "python"} <= set(p["versions"])
+    assert p["versions"]["ray"] == ray.__version__
+    assert "git_commit" in p and p["hardware"]["cpu_count"] >= 1
+    saved = json.loads((smoke.folder / "search_settings.json").read_text())
+    assert {k: s[k] for k in saved} == saved
+
+
+def test_optuna_study_holds_every_trial(smoke, trials, epochs):
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke.folder / 'study.db'}")
+    assert len(study.trials) == NUM_SAMPLES
+    for t, row in zip(study.trials, trials.itertuples(), strict=True):
+        assert t.params == {p: getattr(row, p) for p in PARAMS}
+        assert t.user_attrs["ray_trial_id"] == row.trial_id
+        assert t.user_attrs["status"] == row.status and t.user_attrs["epochs_run"] == row.epochs_run
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.value == row.last_val_acc  # what OptunaSearch saw: the last report
+        mine = epochs[epochs["trial_id"] == row.trial_id]
+        assert t.intermediate_values == dict(zip(mine["epoch"], mine["val_acc"], strict=True))
+    assert study.best_value == trials["last_val_acc"].max()
+
+
+def test_retrain_compares_best_and_seed_config(smoke, best):
+    report = json.loads((smoke.folder / "retrain.json").read_text())
+    assert (report["epochs"], report["seeds"]) == (1, [1])
+    assert Path(report["source"]) == smoke.out / "best_config.json"
+    assert report["best"]["config"] == best["config"]
+    assert report["seed_config"]["config"] == SEED_CONFIG
+    for label in ("best", "seed_config"):
+        r = report[label]
+        assert len(r["test_acc"]) == 1 and 0 < r["test_acc"][0] <= 100
+        assert r["test_acc_mean"] == r["test_acc"][0] and r["test_acc_std"] == 0.0
+        assert r["diverged"] == [False]
+        assert [e["epoch"] for e in r["epochs_history"][0]] == [1]
+    assert "versions" in report["provenance"]
+
+
+def test_best_model_is_the_retrained_best_and_scores_what_retrain_json_says(smoke, splits):
+    state = torch.load(smoke.folder / "best_model.pt", weights_only=True)
+    model = Net()
+    model.load_state_dict(state)  # strict: every key and shape
+    model = model.to(memory_format=torch.channels_last)  # as trained (TrainConfig.channels_last)
+    report = json.loads((smoke.folder / "retrain.json").read_text())
+    stats = evaluate(model, splits["test"], amp_dtype=autocast_dtype(torch.device("cpu"), "auto"),
+                     channels_last=True)
+    assert math.isclose(stats.acc, report["best"]["test_acc"][0], abs_tol=0.015)  # within one image
+
+
+def test_ray_experiment_is_restorable(smoke):
+    assert tune.Tuner.can_restore(str(smoke.out / "ray" / "smoke"))
+
+
+def fingerprint(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(argv, capfd) -> str:
+    def started(*args, **kwargs):
+        raise AssertionError("ray.init was called")  # these are refused before Ray starts
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as info:
+        mp.setattr(ray, "init", started)
+        run_search(argv)
+    err = capfd.readouterr().err  # fd-level: Ray's own logging too, had Ray started
+    assert info.value.code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_same_name_without_resume_is_refused_and_changes_nothing(smoke, capfd):
+    before = fingerprint(smoke.out)
+    assert "best_config.json" in before and "smoke/trials.csv" in before
+    err = one_line_error(smoke.argv, capfd)
+    assert "experiment 'smoke' already exists" in err and "--resume" in err
+    assert fingerprint(smoke.out) == before
+
+
+def test_resume_of_an_unknown_name_is_refused(smoke, capfd):
+    before = fingerprint(smoke.out)
+    err = one_line_error(["--resume", "--name", "smoke2", "--out", str(smoke.out)], capfd)
+    assert "nothing to resume" in err and "'smoke2'" in err
+    assert fingerprint(smoke.out) == before
+
+
+def test_same_seed_suggests_the_same_configs(tmp_path, trials):
+    """Two tiny searches, seed 7, one trial at a time: the same configs in the same order (and,
+    single-threaded CPU training being deterministic, the same accuracies)."""
+    argv = ["--smoke-test", "--no-retrain", "--max-concurrent", "1", "--num-samples", "3", "--max-epochs", "1",
+            "--train-size", "256", "--eval-size", "200", "--seed", "7", "--name", "rep"]
+    tables = []
+    for run in ("a", "b"):
+        assert run_search(argv + ["--out", str(tmp_path / run)]) == 0
+        tables.append(pd.read_csv(tmp_path / run / "rep" / "trials.csv"))
+    a, b = tables
+    columns = ["trial", *PARAMS, "best_val_acc", "epochs_run", "status"]
+    pd.testing.assert_frame_equal(a[columns], b[columns])
+    assert len(a) == 3 and {p: a.iloc[0][p] for p in PARAMS} == SEED_CONFIG
+    # the seed matters: seed 0 (the smoke search) suggested other configs
+    assert a.loc[1, "lr"] != trials.loc[1, "lr"]
