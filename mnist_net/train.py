@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
 from mnist_net import files, plots
 from mnist_net.cli import Parser, non_negative_int, positive_float, positive_int, say, unit_float

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ray import tune
-
 METRIC = "val_acc"  # percent correct on the 10k val split (never test)
 MODE = "max"
 TIME_ATTR = "training_iteration"  # one iteration == one epoch
@@ -19,6 +17,8 @@ SEED_CONFIG = {"lr": 0.01, "momentum": 0.9, "batch_size": 512}
 
 
 def param_space() -> dict:
+    from ray import tune  # here, so that reading results (the notebook) never imports Ray
+
     return {
         "lr": tune.loguniform(*LR_RANGE),
         "momentum": tune.uniform(*MOMENTUM_RANGE),
