@@ -37,14 +37,14 @@ class TrainConfig:
     compile: bool = False  # torch.compile: pays off only for long runs
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+        _check(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0,
                f"lr must be a positive number, got {self.lr!r}")
-        _check(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1,
+        _check(_is_number(self.momentum) and 0 <= self.momentum < 1,
                f"momentum must be in [0, 1), got {self.momentum!r}")
         for name in ("batch_size", "epochs", "step_size"):
             value = getattr(self, name)
             _check(_is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
-        _check(isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1,
+        _check(_is_number(self.gamma) and 0 < self.gamma <= 1,
                f"gamma must be in (0, 1], got {self.gamma!r}")
         _check(_is_int(self.seed) and self.seed >= 0,
                f"seed must be a non-negative integer, got {self.seed!r}")
@@ -90,6 +90,10 @@ def load_config_file(path: str | Path, base: TrainConfig | None = None) -> Train
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a JSON object")
     return TrainConfig.from_dict(data, base)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:

@@ -15,7 +15,7 @@ def test_defaults_are_the_seed_recipe():
 
 @pytest.mark.parametrize("field, value", [
     ("lr", 0), ("lr", -1), ("lr", float("nan")), ("lr", float("inf")), ("lr", "0.1"),
-    ("momentum", 1.0), ("momentum", -0.1),
+    ("lr", True), ("momentum", 1.0), ("momentum", -0.1), ("momentum", False), ("gamma", True),
     ("batch_size", 0), ("batch_size", 2.5), ("batch_size", True),
     ("epochs", True), ("epochs", -3), ("step_size", 0), ("gamma", 0), ("seed", -1),
     ("train_split", "x"), ("precision", "fp16"), ("train_size", 0), ("eval_size", 1.5),

@@ -247,6 +247,10 @@ class TestTrialFaults:
         ok = searched.trials[searched.trials["status"].isin(["finished", "stopped"])]
         assert best["trial_id"] == ok.loc[ok["best_val_acc"].idxmax(), "trial_id"] != row["trial_id"]
         assert best["search"]["status_counts"]["errored"] == 1
+        # an errored trial's empty best_epoch must not turn the others' epochs into floats
+        epochs_text = (searched.summary / "trials.csv").read_text().splitlines()
+        col = epochs_text[0].split(",").index("best_epoch")
+        assert all("." not in line.split(",")[col] for line in epochs_text[1:])
         study = optuna.load_study(study_name=searched.name, storage=f"sqlite:///{searched.summary / 'study.db'}")
         mine = [t for t in study.trials if t.user_attrs["ray_trial_id"] == row["trial_id"]]
         assert [(t.state, t.value) for t in mine] == [(optuna.trial.TrialState.FAIL, None)]

@@ -103,7 +103,8 @@ def test_alive_nodes_reads_only_alive_nodes(monkeypatch):
     ("retrain_seeds", 0), ("train_size", 0), ("eval_size", -1), ("max_concurrent", 0),
     ("cpus_per_trial", 0), ("retrain_epochs", 0), ("retrain_train_size", 0),
     ("gpus_per_trial", -0.5), ("gpus_per_trial", 1.5), ("gpus_per_trial", 2.5),
-    ("train_size", 50_001), ("eval_size", 10_001),
+    ("train_size", 50_001), ("eval_size", 10_001), ("num_samples", True), ("train_size", True),
+    ("seed", -1), ("seed", 1.5), ("budget", "huge"),
 ])
 def test_search_settings_reject_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

@@ -42,6 +42,7 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         row = trial_row(trial_id, config, history, result.error, max_epochs)
         rows.append({"trial": trial_number(trial_id, result.path), **row})
     trials = pd.DataFrame(rows).sort_values("trial", kind="stable").reset_index(drop=True)
+    trials["best_epoch"] = trials["best_epoch"].astype("Int64")  # stays an integer beside an errored trial
     return trials, pd.DataFrame(epochs)
 
 

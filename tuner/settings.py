@@ -15,6 +15,7 @@ CPU_BUDGET = {"max_epochs": 4, "train_size": 5000, "eval_size": 5000,
               "retrain_seeds": 2, "retrain_epochs": 2}
 SMOKE = {"num_samples": 4, "max_epochs": 2, "train_size": 512, "eval_size": 500,
          "retrain_seeds": 1, "retrain_epochs": 1, "retrain_train_size": 1024}
+BUDGETS = ("full", "cpu", "smoke")
 BUDGET_FLAGS = ("max_epochs", "train_size", "eval_size", "retrain_seeds", "retrain_epochs")
 
 
@@ -36,13 +37,17 @@ class SearchSettings:
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_epochs", "retrain_seeds"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
+            if not (_is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("train_size", "eval_size", "max_concurrent", "cpus_per_trial",
                      "retrain_epochs", "retrain_train_size"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value > 0):
+            if value is not None and not (_is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         g = self.gpus_per_trial
         if g is not None and not (g == 0 or 0 < g <= 1 or float(g).is_integer() and g > 0):
             raise ValueError(f"gpus_per_trial must be 0, a fraction in (0, 1] or a whole number, got {g}")
@@ -73,3 +78,7 @@ class SearchSettings:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"cannot read the saved search settings {path}: {err}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is not a count
