@@ -550,3 +550,15 @@ class TestLocalRay:
             assert (done.returncode == 0) == ok, done.stderr[-2000:]
             if not ok:
                 assert "Authentication token is missing or incorrect" in done.stderr
+
+
+def test_no_finished_trial_means_no_best_config():
+    """When every trial errored or diverged there is nothing to choose: a named error, not an index crash."""
+    from tuner.results import NoFinishedTrial, best_trial
+
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "status": ["errored", "diverged"],
+                           "best_val_acc": [float("nan"), CHANCE_ACC]})
+    with pytest.raises(NoFinishedTrial, match="all errored or diverged"):
+        best_trial(trials)
+    trials.loc[1, "status"] = "stopped"
+    assert best_trial(trials)["trial_id"] == "b"

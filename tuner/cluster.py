@@ -22,7 +22,7 @@ def resolve_storage(storage: str | None, out: Path) -> str:
 
 
 def connect(address: str | None, dashboard: bool = False) -> None:
-    """Start a local Ray (loopback only) or join `address`; ConnectionError says what to do."""
+    """Start a local Ray or join `address`; ConnectionError says what to do."""
     import ray
 
     if not address:

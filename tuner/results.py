@@ -70,6 +70,10 @@ def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epo
     }
 
 
+class NoFinishedTrial(RuntimeError):
+    """Every trial errored or diverged: there is no best config."""
+
+
 def error_text(error: BaseException) -> str:
     """'RuntimeError: message'. Ray wraps a trial's exception in a RayTaskError whose text is a
     coloured traceback that would fill the column before reaching the message; show the cause."""
@@ -81,7 +85,8 @@ def best_trial(trials: pd.DataFrame) -> pd.Series:
     """The trial with the highest val_acc at any epoch; diverged and errored trials never win."""
     ok = trials[trials["status"].isin(["finished", "stopped"]) & trials["best_val_acc"].notna()]
     if ok.empty:
-        raise RuntimeError("no trial finished with a val_acc; see trials.csv for errors")
+        raise NoFinishedTrial("no trial finished with a val_acc (all errored or diverged); "
+                              "see trials.csv for their errors")
     return ok.loc[ok["best_val_acc"].idxmax() if MODE == "max" else ok["best_val_acc"].idxmin()]
 
 

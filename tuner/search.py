@@ -19,6 +19,7 @@ from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
 from tuner import cluster, publish, resources
+from tuner.results import NoFinishedTrial
 from tuner.settings import BUDGET_FLAGS, CPU_BUDGET, SMOKE, SearchSettings
 from tuner.space import METRIC, MODE, SEED_CONFIG, TIME_ATTR, param_space
 
@@ -158,6 +159,10 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     except OSError as err:  # disk full, folder gone read-only: earlier files stay as they were
         say(f"error: cannot write the search's results to {summary_dir}: {err.strerror or err}. "
             f"Ray's experiment in {storage}/{name} is complete; free space and rerun: {resume}")
+        cluster.disconnect()
+        return 1
+    except NoFinishedTrial as err:  # every trial errored or diverged: nothing to choose
+        say(f"error: {err}")
         cluster.disconnect()
         return 1
     cluster.disconnect()
