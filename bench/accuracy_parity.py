@@ -38,7 +38,7 @@ from mnist_net.config import TrainConfig  # noqa: E402
 from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, Split, load_splits  # noqa: E402
 from mnist_net.download import ensure_mnist  # noqa: E402
 from mnist_net.engine import build_training, evaluate, train_epoch  # noqa: E402
-from mnist_net.runtime import autocast_dtype, pick_device  # noqa: E402
+from mnist_net.runtime import autocast_dtype  # noqa: E402
 
 TRAIN_SIZE, EPOCHS, BATCH, SEEDS, TOLERANCE_PP = 4096, 3, 64, (1, 2), 1.0
 SUBSET_SEED = 0  # the same training images for every seed and path
@@ -88,16 +88,8 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.fail(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.apply_quick(parser, args, QUICK)
+    device = common.device_from_args(parser, args)
     facts = common.machine(device)
     say(f"accuracy_parity on {device}: {args.train_size} train images x {args.epochs} epochs, "
         f"batch {args.batch_size}, seeds {args.seeds}; load average {facts['load_avg_1_5_15']}")

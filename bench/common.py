@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from mnist_net import files
-from mnist_net.runtime import git_commit
+from mnist_net.runtime import git_commit, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +171,25 @@ def add_record_args(parser: argparse.ArgumentParser, default_device: str = "cpu"
     parser.add_argument("--device", default=default_device, help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
+
+
+def apply_quick(parser: argparse.ArgumentParser, args: argparse.Namespace, quick: dict) -> None:
+    """With --quick, swap in the quick sizes for every flag left at its default (an explicit flag wins)."""
+    if args.quick:
+        for name, value in quick.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+
+
+def device_from_args(parser, args: argparse.Namespace) -> torch.device:
+    """--device resolved (a bad one fails in one line) and --threads applied."""
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.fail(str(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device
 
 
 def wants_record(args: argparse.Namespace) -> bool:

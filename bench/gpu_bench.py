@@ -283,10 +283,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
+    common.apply_quick(parser, args, QUICK)
     try:
         device = pick_device(args.device)
         procs = [int(k) for k in args.procs.split(",")]

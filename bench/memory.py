@@ -133,16 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(MARK + json.dumps(child(args.child, args)), flush=True)
         return 0
-    if args.quick:
-        for name, value in QUICK.items():
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.fail(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.apply_quick(parser, args, QUICK)
+    device = common.device_from_args(parser, args)
     args.device = str(device)
     facts = common.machine(device)
     say(f"memory on {device}: {args.images} images, batch {args.batch_size}, one fresh process "

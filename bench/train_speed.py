@@ -34,7 +34,7 @@ from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, Split, load_splits  # noqa
 from mnist_net.download import ensure_mnist  # noqa: E402
 from mnist_net.engine import train_epoch  # noqa: E402
 from mnist_net.model import Net  # noqa: E402
-from mnist_net.runtime import autocast_dtype, pick_device  # noqa: E402
+from mnist_net.runtime import autocast_dtype  # noqa: E402
 
 IMAGES, REPEATS = 3072, 5  # full run: ~5 min on 2 busy EPYC cores (the seed path dominates)
 QUICK = {"images": 128, "repeats": 1, "batch_size": 64}
@@ -170,16 +170,8 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():  # an explicit flag still wins
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.fail(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.apply_quick(parser, args, QUICK)
+    device = common.device_from_args(parser, args)
     facts = common.machine(device)
     say(f"train_speed on {device}: {args.images} images x {args.repeats} rounds, "
                f"batch {args.batch_size}; load average {facts['load_avg_1_5_15']}")

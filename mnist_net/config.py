@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mnist_net import files
 
 TRAIN_SPLITS = ("train", "train+val")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -79,12 +80,7 @@ class TrainConfig:
 def load_config_file(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Read a JSON config: a plain mapping, or the tuner's best_config.json ({"config": {...}})."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"config file {path} is not valid JSON ({err})") from None
+    data = files.read_json(path, f"config file {path}")
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]
     if not isinstance(data, dict):

@@ -56,6 +56,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def read_json(path: Path, label: str, missing_hint: str = "", invalid_hint: str = "") -> Any:
+    """Parsed JSON, or ValueError "<label> does not exist" / "<label> is not valid JSON (why)"."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{label} does not exist{missing_hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{label} is not valid JSON ({err}){invalid_hint}") from None
+
+
 def prepare_out_dir(path: str | Path) -> Path:
     """Make `path` an existing writable folder, or raise ValueError saying why not."""
     path = Path(path).expanduser().resolve()

@@ -6,7 +6,6 @@ here: each config is trained with the same seeds and epochs, then evaluated once
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -40,12 +39,8 @@ def build_parser() -> Parser:
 
 def read_best(path: Path) -> dict:
     """The best_config.json a search wrote, checked; ValueError says what is wrong."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist; run `python -m tuner.search` first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); rerun the search or fix the file") from None
+    data = files.read_json(path, str(path), missing_hint="; run `python -m tuner.search` first",
+                           invalid_hint="; rerun the search or fix the file")
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict) or any(p not in config for p in PARAMS):
         raise ValueError(f"{path} has no \"config\" with {list(PARAMS)}; is it a best_config.json?")
