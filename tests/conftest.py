@@ -8,6 +8,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # plots render headless, before pypl
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
+
+# Ray's log handler keeps the stderr it sees at import: import it here, under pytest's
+# session-long capture, not inside a test whose capfd stream closes afterwards and turns
+# Ray's later warnings into "--- Logging error ---" tracebacks in another test.
+import ray  # noqa: E402, F401
 import torch  # noqa: E402
 
 from mnist_net.data import DEFAULT_DATA_DIR, Split, load_splits  # noqa: E402
