@@ -66,7 +66,7 @@ def build_training(cfg: TrainConfig, device: torch.device) -> Training:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_size, gamma=cfg.gamma)
     forward = torch.compile(model) if cfg.compile else model
     return Training(model, optimizer, scheduler, forward)
 

@@ -75,6 +75,11 @@ def build_parser() -> Parser:
     p.add_argument("--momentum", type=unit_float, help=f"SGD momentum (default {DEFAULTS.momentum})")
     p.add_argument("--batch-size", type=positive_int, help=f"default {DEFAULTS.batch_size}")
     p.add_argument("--epochs", type=positive_int, help=f"default {DEFAULTS.epochs}")
+    p.add_argument("--step-size", type=positive_int,
+                   help="decay the lr 10x after this many epochs (default: --decay-fraction of --epochs)")
+    p.add_argument("--decay-fraction", type=positive_float,
+                   help=f"decay the lr after this fraction of the epochs (default {DEFAULTS.decay_fraction}: "
+                   "15 of 20, the seed's StepLR)")
     p.add_argument("--train-size", type=positive_int,
                    help="train on a fixed seeded subset of this many images (default: all)")
     p.add_argument("--eval-size", type=positive_int,
@@ -102,7 +107,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:
         base = load_config_file(args.config, base)
     flags = {"lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size,
-             "epochs": args.epochs, "train_size": args.train_size, "eval_size": args.eval_size,
+             "epochs": args.epochs, "step_size": args.step_size,
+             "decay_fraction": args.decay_fraction, "train_size": args.train_size, "eval_size": args.eval_size,
              "train_split": args.train_split, "seed": args.seed, "device": args.device,
              "precision": args.precision}
     changes = {k: v for k, v in flags.items() if v is not None}

@@ -7,17 +7,25 @@ from mnist_net.config import TrainConfig, load_config_file
 
 def test_defaults_are_the_seed_recipe():
     cfg = TrainConfig()
-    assert (cfg.lr, cfg.momentum, cfg.batch_size, cfg.epochs, cfg.step_size, cfg.gamma) == (
+    assert (cfg.lr, cfg.momentum, cfg.batch_size, cfg.epochs, cfg.lr_step_size, cfg.gamma) == (
         0.01, 0.9, 512, 20, 15, 0.1)
     assert cfg.train_split == "train+val" and cfg.augment is True
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("epochs, step", [(20, 15), (8, 6), (4, 3), (6, 5), (2, 2), (1, 1)])
+def test_lr_decay_follows_the_epoch_budget(epochs, step):
+    assert TrainConfig(epochs=epochs).lr_step_size == step
+    assert TrainConfig(epochs=epochs, step_size=7).lr_step_size == 7  # an explicit step wins
+    assert TrainConfig(epochs=epochs, decay_fraction=0.5).lr_step_size == max(1, int(epochs * 0.5 + 0.5))
 
 
 @pytest.mark.parametrize("field, value", [
     ("lr", 0), ("lr", -1), ("lr", float("nan")), ("lr", float("inf")), ("lr", "0.1"),
     ("lr", True), ("momentum", 1.0), ("momentum", -0.1), ("momentum", False), ("gamma", True),
     ("batch_size", 0), ("batch_size", 2.5), ("batch_size", True),
-    ("epochs", True), ("epochs", -3), ("step_size", 0), ("gamma", 0), ("seed", -1),
+    ("epochs", True), ("epochs", -3), ("step_size", 0), ("step_size", 2.0),
+    ("decay_fraction", 0), ("decay_fraction", 1.5), ("gamma", 0), ("seed", -1),
     ("train_split", "x"), ("precision", "fp16"), ("train_size", 0), ("eval_size", 1.5),
     ("augment", "yes"), ("device", ""),
 ])
