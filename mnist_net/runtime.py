@@ -35,7 +35,13 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX); else bf16 is slower."""
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX); else bf16 is slower.
+
+    S5_CPU_BF16=0 in the environment answers False whatever the CPU: runs as an AVX2-only CPU
+    would (fp32 under precision "auto"), e.g. to check the test suite's CPU path on any machine.
+    """
+    if os.environ.get("S5_CPU_BF16", "").strip() == "0":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -43,18 +49,24 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
+    """bf16 tensor cores exist from compute capability 8.0 (Ampere) on. Older GPUs (V100 7.0,
+    T4 7.5) emulate bf16, which torch.cuda.is_bf16_supported() counts, and run it slower than fp32."""
+    return tuple(capability) >= (8, 0)
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype for this device, or None for plain fp32."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
+        supported = cuda_has_native_bf16(torch.cuda.get_device_capability(device))
     elif device.type == "cpu":
         supported = cpu_has_bf16()
     else:
         supported = False
     if precision == "bf16" and not supported:
-        raise ValueError(f"bf16 requested but {device.type} here has no bf16 support")
+        raise ValueError(f"bf16 requested but {device.type} here has no native bf16 support")
     return torch.bfloat16 if supported else None
 
 

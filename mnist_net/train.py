@@ -127,7 +127,7 @@ def write_outputs(out: Path, result: RunResult, device: torch.device) -> dict:
                "test": {"loss": result.test.loss, "acc": result.test.acc},
                "seconds": result.seconds, "provenance": provenance(device)}
     with files.atomic_path(out / "s5_model.pt") as tmp:
-        torch.save(result.training.model.state_dict(), tmp)
+        torch.save({k: v.detach().cpu() for k, v in result.training.model.state_dict().items()}, tmp)
     files.write_json(out / "s5_metrics.json", metrics)
     plots.curves(result.history.epochs, out / "s5_curves.png", title="S5 network")
     return metrics

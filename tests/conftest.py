@@ -1,7 +1,16 @@
-"""Shared fixtures: the real MNIST splits, loaded once, and small seeded subsets of them."""
+"""Shared fixtures: the real MNIST splits, loaded once, and small seeded subsets of them.
+
+The suite is a CPU suite on every machine: GPUs are hidden (CUDA_VISIBLE_DEVICES="") before
+torch or Ray is imported, so tests and the processes they start (which inherit the
+environment: searches, `ray start`, Ray's workers) see no GPU, and a machine with GPUs runs
+the same tests with the same results. S5_TEST_GPUS=1 keeps the GPUs visible. S5_CPU_BF16=0
+runs the suite as a CPU without native bf16 would (fp32 under precision "auto").
+"""
 
 import os
 
+if os.environ.get("S5_TEST_GPUS") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("MPLBACKEND", "Agg")  # plots render headless, before pyplot is imported
 # Idle OpenMP threads sleep instead of spinning: on 2 cores shared with another job,
 # spinning made each training step ~10x slower. Read once, when torch loads libgomp.

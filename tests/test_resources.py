@@ -1,11 +1,13 @@
 """Resource planning, search settings and their presets: pure functions, no Ray started."""
 
+import math
+
 import pytest
 
 from tuner import resources
 from tuner.resources import DEFAULT_GPU_SHARE, plan
 from tuner.search import build_parser, settings_from_args
-from tuner.settings import CPU_BUDGET, SMOKE, SearchSettings
+from tuner.settings import DEFAULT_TIME_BUDGET_S, SMOKE, SearchSettings
 
 
 def test_cpu_only_box_runs_one_cpu_trials_and_never_asks_for_a_gpu():
@@ -50,23 +52,72 @@ def test_gpus_per_trial_zero_on_a_gpu_box_plans_cpu_trials():
 def test_explicit_gpu_share_is_used():
     p = plan([{"GPU": 2, "CPU": 16}], gpus_per_trial=0.5)
     assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.5, 4, 4)
-    p = plan([{"GPU": 4, "CPU": 16}], gpus_per_trial=2)
-    assert (p.gpu_per_trial, p.concurrent) == (2, 2)
+    assert "raised" not in p.describe()
 
 
-@pytest.mark.parametrize("share", [0.25, 1, 2])
+@pytest.mark.parametrize("share", [1.5, 2, 4])
+def test_more_than_one_gpu_per_trial_is_refused(share):
+    # a trial trains on one device: a second GPU would sit idle, uncounted
+    with pytest.raises(ValueError, match=r"a trial trains on one GPU; use a share in \(0, 1\]"):
+        plan([{"GPU": 4, "CPU": 16}], gpus_per_trial=share)
+
+
+@pytest.mark.parametrize("share", [0.25, 1])
 def test_gpus_per_trial_without_a_gpu_is_an_error(share):
     with pytest.raises(ValueError, match="no GPU"):
         plan([{"CPU": 8}, {"CPU": 8}], gpus_per_trial=share)
 
 
-def test_gpu_share_bigger_than_any_node_is_an_error():
-    with pytest.raises(ValueError, match="no node has 2 GPU"):
-        plan([{"GPU": 1, "CPU": 8}, {"GPU": 1, "CPU": 8}], gpus_per_trial=2)
+def test_a_node_without_a_whole_gpu_is_an_error():
+    with pytest.raises(ValueError, match="no node has a whole GPU"):
+        plan([{"GPU": 0.5, "CPU": 8}])
+
+
+def per_gpu(p) -> int:
+    """How many of the plan's trials Ray can put on one GPU."""
+    return math.floor(1 / p.gpu_per_trial + 1e-9)
+
+
+def test_eight_gpus_sixteen_cpus_use_every_gpu():
+    # 0.25 would let Ray put the 16 trials on GPUs 0-3, four each, and leave 4-7 idle
+    p = plan([{"GPU": 8, "CPU": 16}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.5, 1, 16)
+    assert per_gpu(p) * 8 == p.concurrent  # every slot is taken, so every GPU holds 2
+    assert "raised from 0.25: at most 2 on any GPU" in p.describe()
+
+
+def test_max_concurrent_below_the_gpu_count_gives_each_trial_a_whole_gpu():
+    # 4 trials at 0.25 would all land on GPU 0; at 1.0 Ray must use four GPUs
+    p = plan([{"GPU": 8, "CPU": 64}], max_concurrent=4)
+    assert (p.gpu_per_trial, p.concurrent) == (1.0, 4)
+    assert p.cpu_per_trial == 8  # the node's CPUs split among the trials its GPUs hold
+    p = plan([{"GPU": 8, "CPU": 64}], max_concurrent=12)
+    # 12 at 0.5 would fill GPUs 0-5 and idle 6-7: one per GPU instead, all 8 busy
+    assert (p.gpu_per_trial, p.concurrent) == (1.0, 8)
+    p = plan([{"GPU": 8, "CPU": 64}], max_concurrent=16)
+    assert (p.gpu_per_trial, p.concurrent) == (0.5, 16)
+
+
+def test_slots_count_whole_gpus():
+    # a trial cannot straddle two GPUs: 3 per GPU at 0.3, so 4 GPUs fit 12 (not 4 / 0.3 = 13)
+    p = plan([{"GPU": 4, "CPU": 16}], gpus_per_trial=0.3)
+    assert (p.gpu_per_trial, p.concurrent) == (0.3, 12)
+    p = plan([{"GPU": 4, "CPU": 64}], gpus_per_trial=0.3)
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.3, 5, 12)
+
+
+def test_mixed_gpu_and_gpu_less_nodes_count_only_the_gpu_nodes_slots():
+    p = plan([{"GPU": 2, "CPU": 8}, {"CPU": 64}, {"GPU": 2, "CPU": 8}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (0.25, 1, 16)  # 4 GPUs x 4, not + 64 CPU slots
+    assert (p.gpus, p.cpus, p.nodes) == (4, 80, 3)
+    # a GPU node short of CPUs caps the trials per GPU everywhere, so no GPU node idles a GPU
+    p = plan([{"GPU": 4, "CPU": 4}, {"GPU": 4, "CPU": 32}, {"CPU": 16}])
+    assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (1.0, 1, 8)
 
 
 def test_max_concurrent_caps_but_never_raises():
     assert plan([{"GPU": 4, "CPU": 16}], max_concurrent=3).concurrent == 3
+    assert plan([{"GPU": 4, "CPU": 16}], max_concurrent=3).gpu_per_trial == 1.0  # never two on one GPU
     assert plan([{"CPU": 2}], max_concurrent=1).concurrent == 1
     assert plan([{"CPU": 2}], max_concurrent=50).concurrent == 2
 
@@ -74,7 +125,7 @@ def test_max_concurrent_caps_but_never_raises():
 def test_cpus_per_trial_is_honoured_and_too_many_is_an_error():
     assert plan([{"CPU": 8}], cpus_per_trial=4).concurrent == 2
     p = plan([{"GPU": 1, "CPU": 8}], cpus_per_trial=4)
-    assert (p.cpu_per_trial, p.concurrent) == (4, 2)  # CPUs, not the GPU, limit it
+    assert (p.cpu_per_trial, p.concurrent, p.gpu_per_trial) == (4, 2, 0.5)  # CPUs, not the GPU, limit it
     with pytest.raises(ValueError, match="no node can fit one trial"):
         plan([{"CPU": 2}], cpus_per_trial=4)
     with pytest.raises(ValueError, match="no node can fit one trial"):
@@ -102,7 +153,7 @@ def test_alive_nodes_reads_only_alive_nodes(monkeypatch):
     ("num_samples", 0), ("num_samples", -3), ("num_samples", 2.5), ("max_epochs", 0),
     ("retrain_seeds", 0), ("train_size", 0), ("eval_size", -1), ("max_concurrent", 0),
     ("cpus_per_trial", 0), ("retrain_epochs", 0), ("retrain_train_size", 0),
-    ("gpus_per_trial", -0.5), ("gpus_per_trial", 1.5), ("gpus_per_trial", 2.5),
+    ("gpus_per_trial", -0.5), ("gpus_per_trial", 1.5), ("gpus_per_trial", 2.5), ("gpus_per_trial", 2),
     ("train_size", 50_001), ("eval_size", 10_001), ("num_samples", True), ("train_size", True),
     ("seed", -1), ("seed", 1.5), ("budget", "huge"),
 ])
@@ -111,9 +162,15 @@ def test_search_settings_reject_bad_values(field, value):
         SearchSettings(**{field: value})
 
 
-@pytest.mark.parametrize("g", [0, 0.1, 0.25, 1, 2, 4.0])
-def test_search_settings_accept_gpu_fractions_and_whole_gpus(g):
+@pytest.mark.parametrize("g", [0, 0.1, 0.25, 1, 1.0])
+def test_search_settings_accept_gpu_shares_up_to_one(g):
     assert SearchSettings(gpus_per_trial=g).gpus_per_trial == g
+
+
+@pytest.mark.parametrize("g", [2, 4.0, 1.01])
+def test_search_settings_refuse_more_than_one_gpu_per_trial(g):
+    with pytest.raises(ValueError, match="a trial trains on one GPU"):
+        SearchSettings(gpus_per_trial=g)
 
 
 @pytest.mark.parametrize("max_epochs, grace, rf", [
@@ -134,31 +191,34 @@ def test_search_settings_round_trip_and_bad_file(tmp_path):
             SearchSettings.load(tmp_path / name)
 
 
-# --- settings_from_args: defaults < CPU budget or smoke preset < explicit flags --------------
+# --- settings_from_args: defaults < smoke preset < explicit flags; the default time budget -----
 
 def settings(argv, has_gpu):
     return settings_from_args(build_parser().parse_args(argv), has_gpu=has_gpu)
 
 
-def test_no_gpu_and_no_budget_flag_uses_the_cpu_budget():
+def test_no_gpu_and_no_budget_flag_plans_to_the_default_time_budget():
     s = settings([], has_gpu=False)
-    assert s.budget == "cpu"
-    assert {k: getattr(s, k) for k in CPU_BUDGET} == CPU_BUDGET
+    assert (s.budget, s.time_budget_s, s.budget_plan) == ("time", DEFAULT_TIME_BUDGET_S, None)  # planned later
     # flags that don't change the cost per trial keep the budget
     s = settings(["--num-samples", "8", "--seed", "3", "--max-concurrent", "1"], has_gpu=False)
-    assert (s.budget, s.num_samples, s.seed, s.max_concurrent, s.max_epochs) == ("cpu", 8, 3, 1, 4)
+    assert (s.budget, s.time_budget_s, s.num_samples, s.seed, s.max_concurrent) == ("time", 1200, 8, 3, 1)
 
 
 @pytest.mark.parametrize("flag", ["--max-epochs", "--train-size", "--eval-size", "--retrain-seeds",
                                   "--retrain-epochs"])
-def test_any_budget_flag_turns_the_cpu_budget_off(flag):
+def test_any_fidelity_flag_turns_the_default_time_budget_off(flag):
     s = settings([flag, "3"], has_gpu=False)
-    assert s.budget == "full"
+    assert (s.budget, s.time_budget_s) == ("full", None)
     assert getattr(s, flag[2:].replace("-", "_")) == 3
-    others = SearchSettings()
-    for k in CPU_BUDGET:
-        if k != flag[2:].replace("-", "_"):
-            assert getattr(s, k) == getattr(others, k), k  # the defaults, not the budget
+    # ...unless a time budget is asked for: the flag is then fixed and the rest planned
+    s = settings([flag, "3", "--time-budget", "1.5h"], has_gpu=False)
+    assert (s.budget, s.time_budget_s, getattr(s, flag[2:].replace("-", "_"))) == ("time", 5400, 3)
+
+
+def test_a_time_budget_on_a_gpu_machine_is_planned_too():
+    s = settings(["--time-budget", "90s"], has_gpu=True)
+    assert (s.budget, s.time_budget_s) == ("time", 90)
 
 
 def test_a_gpu_gets_the_full_defaults():

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from mnist_net.files import prepare_out_dir
 
 CONNECT_TIMEOUT_S = 5
+HTTP_PROBE_S = 2
+GCS_PROBE_MS = 3000  # for the GCS's reply, after the ~4 s the probe allows for connecting
+GCS_PROBE_LIMIT_S = 20  # the probe process in all, Python and Ray's imports included
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 
 
@@ -22,7 +27,12 @@ def resolve_storage(storage: str | None, out: Path) -> str:
 
 
 def connect(address: str | None, dashboard: bool = False) -> None:
-    """Start a local Ray or join `address`; ConnectionError says what to do."""
+    """Start a local Ray or join `address`; ConnectionError (one line) says what is wrong.
+
+    Joining checks the address first, each step bounded (about 20 s in all), because ray.init
+    retries an address that is not a GCS for many minutes: a URL, nothing listening, an HTTP
+    server (the dashboard's port), something that is not Ray's GCS, a missing or wrong token.
+    """
     import ray
 
     if not address:
@@ -32,37 +42,98 @@ def connect(address: str | None, dashboard: bool = False) -> None:
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="WARNING")
         return
-    if address != "auto" and "://" not in address:
-        check_reachable(address)
-    if token_available() and not os.environ.get("RAY_AUTH_MODE"):
-        # A token is on hand: speak token auth, as `ray start` clusters in Ray >= 2.59 expect.
-        os.environ["RAY_AUTH_MODE"] = "token"
+    if address != "auto" and not address.startswith("ray://"):  # ray:// is Ray Client: its own checks
+        check_gcs_address(address)
+    speak_token_auth()
     try:
         ray.init(address=address, logging_level="WARNING")
     except Exception as err:  # Ray raises ConnectionError, AuthenticationError, RuntimeError...
-        # Ray's own message only says "Failed to connect"; a rejected token shows in the cause.
-        rejected = "InvalidAuthToken" in f"{err} {err.__cause__}"
-        if not token_available():
-            hint = ("; if the cluster uses token authentication, put its token in ~/.ray/auth_token "
-                    "(or set RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE=token")
-        elif rejected:
-            hint = ("; the cluster rejected our auth token: use the token the cluster was started with "
-                    "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
-        else:
-            hint = ""
-        raise ConnectionError(f"cannot join the Ray cluster at {address}: "
-                              f"{str(err).splitlines()[0][:200]}{hint}") from None
+        raise ConnectionError(join_error(address, err)) from None
 
 
-def check_reachable(address: str) -> None:
+def join_error(address: str, err: BaseException) -> str:
+    """One line: Ray's first line, and what to do about a token. Ray's own message often only
+    says "Failed to connect"; a rejected token shows in the cause."""
+    if not token_available():
+        hint = ("; if the cluster uses token authentication, put its token in ~/.ray/auth_token "
+                "(or set RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE=token")
+    elif "InvalidAuthToken" in f"{err} {err.__cause__}":
+        hint = ("; the cluster rejected our auth token: use the token the cluster was started with "
+                "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+    else:
+        hint = ""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return f"cannot join the Ray cluster at {address}: {first}{hint}"
+
+
+def check_gcs_address(address: str) -> None:
+    """Fail in seconds unless Ray's GCS answers at host:port and accepts our token."""
+    if address.lower().startswith(("http://", "https://")):
+        raise ConnectionError(f"--address takes Ray's GCS host:port (port 6379 unless `ray start --head "
+                              f"--port` chose another), not the dashboard URL {address}")
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or "://" in address:
         raise ConnectionError(f"--address {address!r} is not host:port (e.g. 127.0.0.1:6379)")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S)
     except OSError as err:
         raise ConnectionError(f"no Ray cluster answers at {address} ({err.strerror or err}); "
                               "start one with `ray start --head` or drop --address for a local Ray") from None
+    with sock:
+        # An HTTP server answers an HTTP request with "HTTP/"; the GCS (gRPC) with HTTP/2 frames.
+        sock.settimeout(HTTP_PROBE_S)
+        try:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = sock.recv(5)
+        except OSError:  # silent or closed: the GCS probe below says what it is
+            reply = b""
+    if reply.startswith(b"HTTP/"):
+        raise ConnectionError(f"{address} is an HTTP server (Ray's dashboard listens on 8265), not Ray's "
+                              "GCS port (default 6379); use the address `ray start --head` printed")
+    probe_gcs(address)
+
+
+def speak_token_auth() -> None:
+    """A token is on hand: speak token auth, as `ray start` clusters in Ray >= 2.59 expect."""
+    if token_available() and not os.environ.get("RAY_AUTH_MODE"):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+# Ray's standalone GCS client: the handshake ray.init does (cluster id, token), given up after a
+# bound. In a child process, so its C++ settings and log lines stay out of this one.
+PROBE = """
+import sys
+try:
+    from ray._raylet import InnerGcsClient
+    standalone = InnerGcsClient.standalone
+except (ImportError, AttributeError):
+    sys.exit(3)  # a Ray without this private client: ray.init checks alone
+try:
+    standalone(sys.argv[1], None, int(sys.argv[2]))
+except Exception as err:
+    print((str(err).strip() or type(err).__name__).splitlines()[0])
+    sys.exit(1)
+"""
+
+
+def probe_gcs(address: str) -> None:
+    """Ray's client behind ray.init retries an address that refuses it for minutes; this bounded
+    handshake says in seconds whether the GCS is there and takes our token."""
+    speak_token_auth()
+    env = {**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "2"}  # Ray's default 5, twice
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, address, str(GCS_PROBE_MS)], env=env,
+                              capture_output=True, text=True, timeout=GCS_PROBE_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        raise ConnectionError(f"{address} answers, but no Ray GCS replied within {GCS_PROBE_LIMIT_S} s; "
+                              "use the address `ray start --head` printed (port 6379 by default)") from None
+    if done.returncode in (0, 3):
+        return
+    error = (done.stdout.strip() or done.stderr.strip() or "no reply").splitlines()[-1][:150]
+    if "InvalidAuthToken" in error:
+        raise ConnectionError(join_error(address, RuntimeError(error)))
+    raise ConnectionError(f"{address} answers, but not as Ray's GCS ({error}); "
+                          "use the address `ray start --head` printed (port 6379 by default)")
 
 
 def token_available() -> bool:

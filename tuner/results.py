@@ -31,6 +31,10 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     for result in grid:
         history = result.metrics_dataframe
         history = history if history is not None else pd.DataFrame()
+        if not history.empty:
+            # A retried or resumed trial trains again the epochs after its last checkpoint
+            # (train_s5's checkpoint_every): keep each epoch's last report.
+            history = history.drop_duplicates(TIME_ATTR, keep="last").reset_index(drop=True)
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         config = result.config or {}
         if not history.empty:
@@ -85,7 +89,10 @@ def best_trial(trials: pd.DataFrame) -> pd.Series:
     """The trial with the highest val_acc at any epoch; diverged and errored trials never win."""
     ok = trials[trials["status"].isin(["finished", "stopped"]) & trials["best_val_acc"].notna()]
     if ok.empty:
-        raise NoFinishedTrial("no trial finished with a val_acc (all errored or diverged); "
+        # The search's last line: name the first trial's error (e.g. a GPU share without CUDA).
+        errors = trials["error"].dropna() if "error" in trials else []
+        first = f"; first error: {str(errors.iloc[0]).splitlines()[0]}" if len(errors) else ""
+        raise NoFinishedTrial(f"no trial finished with a val_acc (all errored or diverged){first}; "
                               "see trials.csv for their errors")
     return ok.loc[ok["best_val_acc"].idxmax() if MODE == "max" else ok["best_val_acc"].idxmin()]
 
@@ -108,6 +115,8 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, 
         study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_db}",
                                     direction="maximize" if MODE == "max" else "minimize")
         for _, row in trials.iterrows():
+            if any(pd.isna(row[p]) for p in PARAMS):
+                continue  # a trial whose actor never started has no config to record
             errored = row["status"] == "errored" or math.isnan(row["last_val_acc"])
             value = CHANCE_ACC if row["status"] == "diverged" else row["last_val_acc"]
             steps = epochs[epochs["trial_id"] == row["trial_id"]] if not epochs.empty else epochs

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
+from dataclasses import dataclass, field
 
 import torch
 from ray import tune
@@ -12,11 +14,14 @@ from ray import tune
 from mnist_net.config import TrainConfig
 from mnist_net.data import load_splits
 from mnist_net.engine import Training, build_training, fit
-from mnist_net.runtime import pick_device
+from tuner.resources import assigned_device
 
 CHECKPOINT_FILE = "state.pt"
 REPORTED = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s",
             "epoch_seconds", "eval_seconds", "diverged")
+# "auto" checkpoints once the training time since the last checkpoint is this many times the
+# measured cost of one: checkpoints then cost at most 1/20 = 5 % of a trial's time.
+AUTO_CHECKPOINT_RATIO = 20
 
 
 # Ray reuses trial processes (reuse_actors), so each process reads and checks MNIST once.
@@ -30,40 +35,90 @@ def to_train_config(config: dict, base: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict(params, base)
 
 
-def train_s5(config: dict, base: TrainConfig, data_dir: str) -> None:
-    """Train on the train split, report val metrics and a checkpoint every epoch."""
+def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: int | None = None) -> None:
+    """Train on the train split on the device Ray assigned; report val metrics every epoch.
+
+    checkpoint_every: a checkpoint every N epochs, or None ("auto"): the first epoch, then
+    whenever the time since the last one reaches AUTO_CHECKPOINT_RATIO x the measured save cost
+    (every epoch for CPU epochs of seconds, every few for sub-second GPU epochs). The last epoch
+    is always checkpointed, so a finished trial's weights are kept. A retried (FailureConfig) or
+    resumed (--resume) trial restarts from its last checkpoint: it loses, and trains again, the
+    epochs since, and Ray numbers them again from the checkpoint's epoch.
+    """
     cfg = to_train_config(config, base)
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))  # never more threads than Ray gave the trial
-    device = pick_device(cfg.device)
+    device = assigned_device()
     splits = cached_splits(data_dir)  # an absolute path: Ray moves each trial's working dir
     train = splits["train"].subset(cfg.train_size, cfg.seed).to(device)
     val = splits["val"].subset(cfg.eval_size, cfg.seed).to(device)
     training = build_training(cfg, device)
-    start_epoch = restore(training)
+    start_epoch = restore(training, tune.get_checkpoint())
+    policy = CheckpointPolicy(checkpoint_every, last_epoch=cfg.epochs)
 
     def report(record: dict, t: Training) -> None:
         metrics = {**{k: record.get(k, 0.0) for k in REPORTED}, "peak_rss_mb": peak_rss_mb()}
+        if not policy.due(record["epoch"], time.perf_counter()):
+            tune.report(metrics)
+            return
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            state = {**t.state_dict(), "epoch": record["epoch"], "seed": cfg.seed,
-                     "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()}
-            torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            save_state(tmp, t, record["epoch"], cfg)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # copies it to storage
+        end = time.perf_counter()
+        policy.saved(end - start, end)
 
     fit(cfg, train, val, device=device, training=training, start_epoch=start_epoch, callback=report)
 
 
-def restore(training: Training) -> int:
-    """Load the trial's last checkpoint, if any; return the epoch it finished."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=True,
-                           map_location=next(training.model.parameters()).device)
+@dataclass
+class CheckpointPolicy:
+    """Which epochs a trial checkpoints (see train_s5). Times are time.perf_counter() seconds."""
+
+    every: int | None  # None = auto
+    last_epoch: int
+    save_seconds: float | None = None  # what the last checkpoint cost; None = none made yet
+    since: float = field(default_factory=time.perf_counter)  # when the last checkpoint ended
+
+    def due(self, epoch: int, now: float) -> bool:
+        if epoch >= self.last_epoch:
+            return True
+        if self.every is not None:
+            return epoch % self.every == 0
+        return self.save_seconds is None or now - self.since >= AUTO_CHECKPOINT_RATIO * self.save_seconds
+
+    def saved(self, seconds: float, now: float) -> None:
+        self.save_seconds, self.since = seconds, now
+
+
+def save_state(folder: str, training: Training, epoch: int, cfg: TrainConfig) -> None:
+    """Everything the next epoch needs: weights, momentum, lr schedule, epoch and the CPU RNG."""
+    state = {**training.state_dict(), "epoch": epoch, "seed": cfg.seed,
+             "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()}
+    torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+
+
+def load_checkpoint_state(path: str) -> dict:
+    """A saved state, every tensor on the CPU, whichever device saved it. load_state_dict then
+    moves the weights and momentum to the trial's device, and torch.set_rng_state takes only a
+    CPU ByteTensor (mapping to the trial's GPU would make the RNG state a CUDA tensor)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def apply_state(training: Training, state: dict) -> int:
+    """Put a loaded state into `training` and the CPU RNG; return the epoch it finished."""
     training.load_state_dict(state)
     torch.set_rng_state(state["torch_rng"])
     return int(state["epoch"])
+
+
+def restore(training: Training, checkpoint: tune.Checkpoint | None) -> int:
+    """Load the trial's last checkpoint, if any; return the epoch it finished (0 = none)."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = load_checkpoint_state(os.path.join(folder, CHECKPOINT_FILE))
+    return apply_state(training, state)
 
 
 def peak_rss_mb() -> float:
