@@ -102,6 +102,31 @@ def retrain_table(review: Review) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdict(review: Review) -> str:
+    """The retrain's one-line verdict (tuner.stats), or why there is none."""
+    comparison = review.retrain.get("comparison")
+    if comparison is None:  # a retrain.json from before the paired statistics
+        return ("This retrain.json has no paired comparison; rerun `python -m tuner.retrain --out DIR` "
+                "for McNemar's test and a confidence interval.")
+    return comparison["verdict"]
+
+
+def comparison_table(review: Review) -> pd.DataFrame | None:
+    """Per seed: both test accuracies, the difference, McNemar's discordant counts and p; then the
+    mean difference with its 95 % CI (method in the last column). None for an old retrain.json."""
+    c = review.retrain.get("comparison")
+    if c is None:
+        return None
+    rows = [{"seed": seed, "best_acc": a, "seed_config_acc": s, "diff_pp": m["diff_pp"],
+             "b (only best right)": m["b"], "c (only seed config right)": m["c"], "mcnemar_p": m["pvalue"]}
+            for seed, a, s, m in zip(review.retrain["seeds"], c["acc_best"], c["acc_seed_config"], c["mcnemar"],
+                                     strict=True)]
+    rows.append({"seed": "mean", "best_acc": sum(c["acc_best"]) / len(rows),
+                 "seed_config_acc": sum(c["acc_seed_config"]) / len(rows), "diff_pp": c["mean_diff_pp"],
+                 "ci_95_pp": f"{c['ci_low_pp']:.2f} to {c['ci_high_pp']:.2f}", "ci_method": c["ci_method"]})
+    return pd.DataFrame(rows)
+
+
 def retrain_curves(review: Review) -> Figure:
     """Train loss and test accuracy per epoch, every retrain seed, best vs seed config."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(14, 5))

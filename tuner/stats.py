@@ -1,0 +1,110 @@
+"""Paired statistics for "is the best config better than the seed's?" on the same test images.
+
+Both models of a seed are scored on the same 10k test images, so the comparison is paired:
+McNemar's exact test per seed (Dietterich 1998) on the images where exactly one model is right,
+and a 95 % confidence interval for the mean accuracy difference across seeds. scipy does the
+distributions; this module only counts and formats.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # a fixed random_state: the same predictions give the same interval
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Exact McNemar test: b = images only A gets right, c = only B; p two-sided (1 when b + c = 0)."""
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"predictions differ in length: {correct_a.shape} vs {correct_b.shape}")
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    p = stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    return {"b": b, "c": c, "pvalue": float(p), "diff_pp": 100.0 * (b - c) / max(len(correct_a), 1)}
+
+
+def paired_t_ci(acc_a: list[float], acc_b: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """t interval for the mean of the per-seed differences acc_a - acc_b (needs >= 2 seeds)."""
+    if len(acc_a) < 2:
+        raise ValueError("a paired t interval needs at least 2 seeds")
+    if np.ptp(np.subtract(acc_a, acc_b)) == 0:  # no spread between seeds: no t interval (scipy: nan)
+        return math.nan, math.nan
+    ci = stats.ttest_rel(acc_a, acc_b).confidence_interval(confidence)
+    return float(ci.low), float(ci.high)
+
+
+def _diff_pp(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return 100.0 * (np.mean(a, axis=axis) - np.mean(b, axis=axis))
+
+
+def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = CONFIDENCE
+                 ) -> tuple[float, float]:
+    """Paired bootstrap over the test images of the accuracy difference A - B, in pp."""
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    if np.array_equal(a, b):  # every resample gives 0; BCa would warn and return nan
+        return 0.0, 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((a, b), _diff_pp, paired=True, vectorized=True, confidence_level=confidence,
+                              n_resamples=BOOTSTRAP_RESAMPLES, batch=1000, random_state=BOOTSTRAP_SEED)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> dict:
+    """Per-seed McNemar and the CI of the mean difference (best - seed config, pp) over seeds.
+
+    correct_*[i]: a boolean array, image j of the test split right or wrong, for seed i.
+    """
+    per_seed = [mcnemar(a, b) for a, b in zip(correct_best, correct_seed, strict=True)]
+    acc_best = [100.0 * float(np.mean(a)) for a in correct_best]
+    acc_seed = [100.0 * float(np.mean(b)) for b in correct_seed]
+    low = high = math.nan
+    if len(per_seed) >= 2:
+        method = "paired t over seeds (scipy.stats.ttest_rel)"
+        low, high = paired_t_ci(acc_best, acc_seed)
+    if not math.isfinite(low):  # one seed, or seeds that all differ by exactly the same amount
+        method = (f"paired bootstrap over test images{' of all seeds pooled' if len(per_seed) > 1 else ''} "
+                  f"(scipy.stats.bootstrap, BCa, {BOOTSTRAP_RESAMPLES} resamples, random_state {BOOTSTRAP_SEED})")
+        low, high = bootstrap_ci(np.concatenate(correct_best), np.concatenate(correct_seed))
+    return {"diff_pp": [s["diff_pp"] for s in per_seed],
+            "mean_diff_pp": float(np.mean([s["diff_pp"] for s in per_seed])),
+            "ci_low_pp": low, "ci_high_pp": high, "confidence": CONFIDENCE, "ci_method": method,
+            "mcnemar": per_seed, "acc_best": acc_best, "acc_seed_config": acc_seed}
+
+
+def images(n: int) -> str:
+    """60000 -> '60k', 1024 -> '1,024'."""
+    return f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
+
+
+def _pvalues(pvalues: list[float]) -> str:
+    if all(p < 0.001 for p in pvalues):
+        return "McNemar p < 0.001" + (" for each seed" if len(pvalues) > 1 else "")
+    return "McNemar p = " + ", ".join(f"{p:.2g}" for p in pvalues) + (" per seed" if len(pvalues) > 1 else "")
+
+
+def _interval(low: float, high: float) -> str:
+    return f"{low:.2f}–{high:.2f}" if low >= 0 else f"{low:.2f} to {high:.2f}"  # "-0.29–0.54" misreads
+
+
+def verdict(comparison: dict, epochs: int, train_images: int) -> str:
+    """One line: who wins by how much, the CI and McNemar, and at which budget."""
+    low, high, mean = comparison["ci_low_pp"], comparison["ci_high_pp"], comparison["mean_diff_pp"]
+    seeds = len(comparison["mcnemar"])
+    pct = int(round(100 * comparison["confidence"]))
+    p = _pvalues([m["pvalue"] for m in comparison["mcnemar"]])
+    at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images(train_images)} images, {seeds} seed{'s' * (seeds != 1)}"
+    if math.isfinite(low) and low > 0:
+        return f"best beats the seed's config by {mean:.2f} pp on test ({pct} % CI {_interval(low, high)}, {p}) {at}"
+    if math.isfinite(high) and high < 0:
+        return (f"the seed's config beats best by {-mean:.2f} pp on test ({pct} % CI {_interval(-high, -low)}, "
+                f"{p}) {at}")
+    return (f"no significant difference on test (best - seed's config {mean:+.2f} pp, {pct} % CI "
+            f"{_interval(low, high)}, {p}) {at}")
