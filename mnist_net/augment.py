@@ -34,9 +34,13 @@ def affine_params(n: int, generator: torch.Generator, device: torch.device,
     return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, **params) -> torch.Tensor:
-    """x: (B, 1, 28, 28) float in [0, 1] -> same shape and dtype, each image transformed."""
-    theta = affine_params(x.shape[0], generator, x.device, **params).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """x: (B, 1, 28, 28) float in [0, 1], theta: (B, 2, 3) -> x resampled through theta."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     # padding zeros == the seed's fill=0 (black), applied before normalisation.
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, **params) -> torch.Tensor:
+    """x: (B, 1, 28, 28) float in [0, 1] -> same shape and dtype, each image transformed."""
+    return warp(x, affine_params(x.shape[0], generator, x.device, **params))

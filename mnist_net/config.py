@@ -12,6 +12,7 @@ from mnist_net import files
 
 TRAIN_SPLITS = ("train", "train+val")
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # The keys a JSON config may set: the hyperparameters, not the machine.
 HYPERPARAMETERS = ("lr", "momentum", "batch_size")
 
@@ -39,6 +40,10 @@ class TrainConfig:
     channels_last: bool = True  # faster convs on CPU (oneDNN) and tensor cores
     precision: str = "auto"  # bf16 autocast only where the hardware has bf16 units
     compile: bool = False  # torch.compile: pays off only for long runs
+    # torch.compile's mode when compile is on. "reduce-overhead" adds CUDA graphs (fewer kernel
+    # launches per step on a GPU); bench/gpu_bench.py measures which pays off, so the default
+    # stays torch's own until a GPU run shows a gain.
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         _check(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0,
@@ -64,6 +69,8 @@ class TrainConfig:
                    f"{name} must be a positive integer or None, got {value!r}")
         _check(self.precision in PRECISIONS,
                f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.compile_mode in COMPILE_MODES,
+               f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         for name in ("augment", "channels_last", "compile"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         _check(isinstance(self.device, str) and self.device != "", "device must be a name like 'cpu'")

@@ -13,11 +13,16 @@ from pathlib import Path
 
 import torch
 
-from mnist_net.augment import augment_batch, normalize
+from mnist_net.augment import MEAN, STD, affine_params, warp
 from mnist_net.download import ensure_mnist
 
 N_TRAIN = 50_000
 DEFAULT_DATA_DIR = Path(os.environ.get("MNIST_DATA_DIR", "~/.cache/mnist-s5")).expanduser()
+# Images prepared per batched call. A GPU takes a whole epoch at once (60k images: ~0.6 GB of
+# float pixels and sampling grid; a few calls instead of ~100 launches per step). On a CPU calls
+# are cheap and the working set must stay in cache: per 10k augmented images, one thread took
+# 0.12 CPU-s in chunks of 512, 0.20 in chunks of 4096, 0.16 batch by batch (bench/RESULTS.md).
+CHUNK_IMAGES = {"cuda": 1 << 16, "cpu": 512}
 
 
 @dataclass(frozen=True)
@@ -61,22 +66,43 @@ def eval_split_name(train_split: str) -> str:
     return "val" if train_split == "train" else "test"
 
 
+def chunk_images(device: torch.device, batch_size: int, wanted: int | None = None) -> int:
+    """Images prepared per call (`wanted`, else the device's CHUNK_IMAGES), rounded down to whole
+    batches, at least one, so that every batch comes out of a single chunk."""
+    wanted = wanted or CHUNK_IMAGES.get(device.type, CHUNK_IMAGES["cpu"])
+    return max(batch_size, wanted // batch_size * batch_size)
+
+
 def batches(split: Split, batch_size: int, *, generator: torch.Generator | None = None,
-            augment: bool = False, channels_last: bool = False
+            augment: bool = False, channels_last: bool = False, chunk: int | None = None
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float batches; shuffled and augmented when a generator is given."""
-    n = len(split)
+    """Normalised float batches; shuffled and augmented when a generator is given.
+
+    The whole pass's order and augmentation parameters are drawn up front, in that order, so
+    the batches depend only on the generator's seed, never on `chunk`. Then `chunk` images at a
+    time (default chunk_images) are gathered, converted, warped and normalised in a few large
+    calls, and batches are sliced out of them: on a GPU this replaces a hundred small kernel
+    launches per step with a few per chunk.
+    """
+    n, device = len(split), split.labels.device
+    order = theta = None
     if generator is not None:
-        order = torch.randperm(n, generator=generator, device=generator.device)
-        order = order.to(split.labels.device)
-    else:
-        order = torch.arange(n, device=split.labels.device)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        x = split.images[idx].float().div_(255.0)
-        if augment:
-            x = augment_batch(x, generator)
-        x = normalize(x)
+        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    if augment:
+        draw_on = generator.device if generator is not None else device
+        theta = affine_params(n, generator, draw_on).to(device)  # (n, 2, 3)
+    step = chunk_images(device, batch_size, chunk)
+    for first in range(0, n, step):
+        part = slice(first, first + step)
+        if order is None:
+            images, labels = split.images[part], split.labels[part]
+        else:
+            images, labels = split.images[order[part]], split.labels[order[part]]
+        x = images.float().div_(255.0)
+        if theta is not None:
+            x = warp(x, theta[part])
+        x = x.sub_(MEAN).div_(STD)  # == normalize(x), in place on our own copy
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        yield x, split.labels[idx]
+        for start in range(0, len(labels), batch_size):
+            yield x[start:start + batch_size], labels[start:start + batch_size]

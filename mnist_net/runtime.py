@@ -42,11 +42,23 @@ def cpu_has_bf16() -> bool:
     """
     if os.environ.get("S5_CPU_BF16", "").strip() == "0":
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """'AMD EPYC', 'Intel(R) Xeon(R) ...': the first 'model name' of /proc/cpuinfo, else the arch."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
@@ -109,6 +121,10 @@ def hardware(device: torch.device | None = None) -> dict[str, object]:
         "host": platform.node(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        # what the CPU offers, not what S5_CPU_BF16 makes the code use: figures name their CPU class
+        "cpu_bf16": "avx512_bf16" in _cpuinfo() or "amx_bf16" in _cpuinfo(),
+        "cpu_bf16_used": cpu_has_bf16(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

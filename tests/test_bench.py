@@ -1,11 +1,12 @@
 """The benchmarks run end to end at --quick sizes and print their tables (speeds are never asserted)."""
 
 import json
+import math
 
 import pytest
 import torch
 
-from bench import accuracy_parity, common, gpu_bench, memory, train_speed
+from bench import accuracy_parity, common, cpu_options, gpu_bench, gpu_paths, gpu_procs, gpu_report, memory, train_speed
 from mnist_net.data import N_TRAIN
 from mnist_net.runtime import cpu_has_bf16
 
@@ -58,26 +59,57 @@ def test_memory_quick_measures_both_paths_in_fresh_processes(tmp_path, capsys):
 
 
 def test_gpu_bench_smoke_on_cpu_with_random_data(tmp_path, capsys):
+    """Every section gpu.sh runs on a GPU, at tiny sizes on the CPU (CUDA graphs and compile aside)."""
     out = tmp_path / "out"
-    argv = ["--device", "cpu", "--quick", "--procs", "2", "--data-dir", str(tmp_path / "no-mnist"),
-            "--out", str(out)]
+    argv = ["--device", "cpu", "--quick", "--images", "96", "--batches", "32", "--procs", "1,2",
+            "--data-dir", str(tmp_path / "no-mnist"), "--out", str(out)]
     assert gpu_bench.main(argv) == 0
-    assert "## Time per training epoch" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "## 1. Training epoch" in printed.out
+    assert "tuner DEFAULT_GPU_SHARE, batch 32" in printed.err and "checkpoint_every auto rule" in printed.err
     result = json.loads((out / "gpu_bench.json").read_text())
     assert result["data"].startswith("RANDOM")
-    paths = [e["path"] for e in result["epochs"]]
-    assert paths[0].startswith("seed recipe") and "fast fp32 NCHW" in paths
-    assert all(e["images"] == gpu_bench.QUICK["images"] for e in result["epochs"])
-    [procs] = result["procs"]
-    assert procs["k"] == 2 and procs["images"] == 2 * gpu_bench.QUICK["proc_images"]
-    assert "## K training processes" in (out / "gpu_bench.md").read_text()
+    eager = [e for e in result["epochs"] if e["path"] == "eager"]
+    assert {e["precision"] for e in eager} == ({"fp32", "bf16"} if cpu_has_bf16() else {"fp32"})
+    assert all(e["images"] == 96 and e["batch"] == 32 and math.isfinite(e["last_loss"]) for e in eager)
+    assert result["epochs"][-1]["path"] == "seed recipe"
+    # model + momentum (two copies of 593,200 fp32 numbers) + scheduler: ~4.7 MB
+    assert 4.6e6 < result["checkpoint"]["bytes"] < 5e6 and result["checkpoint"]["to_cpu_s"] > 0
+    assert [(p["k"], p["batch"]) for p in result["procs"]] == [(1, 32), (2, 32)]
+    assert all(p["images"] >= p["k"] * gpu_procs.SLICE_STEPS * 32 for p in result["procs"])
+    text = (out / "gpu_bench.md").read_text()
+    assert "## 3. K training processes" in text and "graphed path not run" in text
+
+
+def test_gpu_bench_refuses_bad_lists_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_bench.main(["--device", "cpu", "--procs", "1,x", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_gpu_report_reads_targets_and_defaults_off_the_figures():
+    epochs = [{"path": p, "precision": "bf16", "batch": b, "images": 60_000, "median_s": s, "images_per_s": 0}
+              for p, b, s in [("eager", 512, 0.4), ("graphed", 512, 0.08), ("eager", 32, 2.0),
+                              ("graphed", 32, 0.6)]]
+    procs = [{"k": k, "batch": 32, "aggregate_images_per_s": a} for k, a in [(1, 100.0), (4, 350.0), (8, 420.0)]]
+    result = {"epochs": epochs, "procs": procs, "checkpoint": {"to_cpu_s": 0.02}}
+    targets = gpu_report.target_lines(result)
+    assert targets[0].startswith("60k epoch at batch 512 <= 0.1 s: MET (0.080 s")
+    assert targets[1].startswith("60k epoch at batch 32 <= 0.5 s: MISSED (0.600 s")
+    assert targets[2].endswith("MET (best K=8: 4.20x)")
+    informs = gpu_report.informs(result)
+    assert "batch 512: fastest graphed bf16 0.080 s, 5.00x the best eager" in informs[1]
+    # 0.02 s per save against a 0.08 s epoch: under 5% means one save per 5 epochs
+    assert informs[-2].endswith("checkpoint every 5 epoch(s)") and "batch-512" in informs[-2]
+    assert informs[-1].endswith("best aggregate at K=8 (4.20x one trial) -> share 1/8 = 0.125")
 
 
 def test_gpu_bench_reads_idx_files(tmp_path, splits):
     """The IDX reader gpu_bench uses where mnist_net.data is not wanted agrees with torchvision's."""
     from mnist_net.data import DEFAULT_DATA_DIR
 
-    images, labels, source = gpu_bench.load_train(DEFAULT_DATA_DIR)
+    images, labels, source = gpu_paths.load_train(DEFAULT_DATA_DIR)
     assert source.startswith("MNIST from")
     assert torch.equal(images[:N_TRAIN], splits["train"].images)
     assert torch.equal(labels[N_TRAIN:], splits["val"].labels)
@@ -98,3 +130,14 @@ def test_full_runs_record_and_quick_runs_do_not(argv, record):
 def test_help_states_the_defaults():
     text = train_speed.build_parser().format_help()
     assert f"default: {train_speed.IMAGES}" in text and f"default: {train_speed.REPEATS}" in text
+
+
+def test_cpu_options_quick_reports_cpu_seconds_per_option(tmp_path, capsys):
+    assert cpu_options.main(["--quick", "--results", str(tmp_path / "RESULTS.md")]) == 0
+    out = capsys.readouterr().out
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    train = [[c.strip() for c in r] for r in rows if len(r) == 6 and r[0].strip() in ("1", "2")]
+    layouts = {(r[0], r[3]) for r in train}
+    assert layouts == {(t, layout) for t in ("1", "2") for layout in ("channels_last", "NCHW")}
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in train)
+    assert not (tmp_path / "RESULTS.md").exists()

@@ -128,3 +128,34 @@ def test_crop_is_center_crop_22_resized_to_28(small):
     want = F.interpolate(x[..., 3:25, 3:25], size=(28, 28), mode="bilinear", align_corners=False)
     # The outermost output pixels also blend in the ring just outside the crop; inside they agree.
     assert torch.allclose(out[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batches_do_not_depend_on_the_chunk_size(small, channels_last):
+    """The pass's order and augmentation are drawn up front: chunking changes the calls, not the data."""
+    data = small("train", 300)
+
+    def run(chunk):
+        gen = torch.Generator().manual_seed(7)
+        return list(batches(data, 32, generator=gen, augment=True, channels_last=channels_last, chunk=chunk))
+
+    default, one_batch, odd = run(None), run(32), run(100)  # 100 rounds down to 96 = 3 batches
+    assert [len(y) for _, y in default] == [32] * 9 + [12]
+    for other in (one_batch, odd):
+        assert len(other) == len(default)
+        for (x, y), (x2, y2) in zip(default, other, strict=True):
+            assert torch.equal(y, y2) and torch.equal(x, x2)
+    assert default[0][0].is_contiguous(memory_format=torch.channels_last if channels_last
+                                       else torch.contiguous_format)
+
+
+def test_augmented_batches_are_the_warp_of_the_shuffled_images(small):
+    """One randperm, then one draw of every image's affine matrix, both from the pass's generator."""
+    data = small("train", 100)
+    gen = torch.Generator().manual_seed(3)
+    got = list(batches(data, 40, generator=torch.Generator().manual_seed(3), augment=True))
+    order = torch.randperm(100, generator=gen)
+    theta = augment.affine_params(100, gen, torch.device("cpu"))
+    want = augment.normalize(augment.warp(data.images[order].float() / 255, theta))
+    assert torch.allclose(torch.cat([x for x, _ in got]), want, atol=1e-5)
+    assert torch.equal(torch.cat([y for _, y in got]), data.labels[order])

@@ -100,3 +100,13 @@ def test_huge_lr_diverges_cleanly(small, n_images):
     assert len(history.epochs) == 1 and records == history.epochs
     assert history.epochs[0]["diverged"] is True
     assert math.isnan(history.epochs[0]["val_loss"])
+
+
+def test_build_training_keeps_the_cpu_sgd_and_offers_compile_modes():
+    training = build_training(CFG, CPU)
+    group = training.optimizer.param_groups[0]
+    assert not group["fused"] and training.forward is training.model  # CPU: the default SGD, eager
+    compiled = build_training(CFG.replace(compile=True, compile_mode="max-autotune-no-cudagraphs"), CPU)
+    assert compiled.forward is not compiled.model  # built lazily: nothing is compiled until called
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        CFG.replace(compile_mode="fastest")
