@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from mnist_net import files
-from mnist_net.runtime import git_commit, pick_device
+from mnist_net.runtime import cpu_has_bf16, cpu_model, git_commit, pick_device
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,16 +108,6 @@ def subset_indices(n: int, size: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].tolist()
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> dict[str, object]:
     """Facts a timing needs beside it; call at the start of a run (the load average is then)."""
     import torchvision
@@ -126,6 +116,7 @@ def machine(device: torch.device) -> dict[str, object]:
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "cpu_bf16_used": cpu_has_bf16(),
         "load_avg_1_5_15": load_average(),
         "torch_threads": torch.get_num_threads(),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
