@@ -19,6 +19,7 @@ from mnist_net.engine import evaluate
 from mnist_net.model import Net
 from mnist_net.runtime import autocast_dtype
 from tuner import search
+from tuner.settings import SMOKE_POINTS
 from tuner.space import BATCH_SIZES, LR_RANGE, MOMENTUM_RANGE, PARAMS, SEED_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -47,8 +48,8 @@ def smoke(tmp_path_factory):
 
     --max-epochs 3 gives ASHA a grace period of 1 and a reduction factor of 2: rungs at epochs 1
     and 2, where a trial is stopped if its val_acc is below the median of those already recorded
-    at that rung. Six trials, two at a time, make an early stop all but certain (see
-    test_asha_stopped_a_trial_early).
+    at that rung. The smoke preset's trials 2 and 3 (a sure learner, a sure non-learner) make an
+    early stop certain on any CPU (see test_asha_stopped_a_trial_early).
     """
     out = tmp_path_factory.mktemp("search") / "results"
     argv = ["--smoke-test", "--out", str(out), "--name", "smoke", "--num-samples", str(NUM_SAMPLES),
@@ -91,6 +92,7 @@ def test_trials_table_has_one_row_per_trial_seed_config_first(trials, epochs):
     assert trials["trial_id"].is_unique
     first = trials.iloc[0]
     assert {p: first[p] for p in PARAMS} == SEED_CONFIG
+    assert [{p: row[p] for p in PARAMS} for _, row in trials.iloc[1:3].iterrows()] == SMOKE_POINTS
     assert trials["lr"].between(*LR_RANGE).all()
     assert trials["momentum"].between(*MOMENTUM_RANGE).all()
     assert trials["batch_size"].isin(BATCH_SIZES).all()
@@ -112,13 +114,17 @@ def test_trials_table_has_one_row_per_trial_seed_config_first(trials, epochs):
 
 
 def test_asha_stopped_a_trial_early(trials, epochs):
-    """Why this is reliable: async ASHA (grace 1, reduction factor 2, max_t 3) compares each trial,
-    at epochs 1 and 2, with the median of the trials that reached that epoch before it, and stops
-    it if it is below. Whichever trial has the lowest epoch-1 val_acc is stopped unless it is one
-    of the first to report; with six trials that fails only if the worst trial comes first at both
-    rungs. Here it is also deterministic: seed 0 fixes the six configs (TPE samples at random for
-    its first 10 trials) and single-threaded CPU training fixes their accuracies.
+    """Why this holds on every CPU (bf16 or fp32 only): async ASHA (grace 1, reduction factor 2,
+    max_t 3) stops a trial whose val_acc at epochs 1 or 2 is below the median of those recorded
+    there before it. The smoke preset runs, after the seed's config (at chance after one 512-image
+    epoch: one step), a config that reaches 20-30 % after it and one that stays at chance (one
+    step at lr 0.001). Two trials at a time: trial 3, the non-learner, starts only after trial 1
+    or 2 has ended, so both have recorded epoch 1 before it reports (unless one ran all 3 epochs
+    before the other ran one, on 512 images each); the median of (chance, learner) is above
+    chance, and trial 3 is stopped at epoch 1.
     """
+    row3 = trials.iloc[2]
+    assert (row3["status"], row3["epochs_run"]) == ("stopped", 1), trials[["trial", "status", "epochs_run"]]
     stopped = trials[trials["status"] == "stopped"]
     assert len(stopped) >= 1, trials[["trial", "status", "epochs_run"]]
     assert (stopped["epochs_run"] < MAX_EPOCHS).all()
@@ -148,6 +154,8 @@ def test_best_config_is_the_best_trial_with_provenance(smoke, trials, best):
     s = best["search"]
     assert (s["num_samples"], s["max_epochs"], s["train_size"], s["eval_size"], s["budget"]) == \
         (NUM_SAMPLES, MAX_EPOCHS, 512, 500, "smoke")
+    assert (s["time_budget_s"], s["budget_plan"], s["stopped_by_budget"], s["checkpoint_every"]) == \
+        (None, None, False, None)
     assert (s["grace_period"], s["reduction_factor"], s["trials"]) == (1, 2, NUM_SAMPLES)
     assert s["status_counts"] == trials["status"].value_counts().to_dict()
     assert "2 trials at once" in s["plan"] and s["wall_time_s"] > 0
@@ -241,7 +249,7 @@ def test_resume_of_an_unknown_name_is_refused(smoke, capfd):
 def test_same_seed_suggests_the_same_configs(tmp_path, trials):
     """Two tiny searches, seed 7, one trial at a time: the same configs in the same order (and,
     single-threaded CPU training being deterministic, the same accuracies)."""
-    argv = ["--smoke-test", "--no-retrain", "--max-concurrent", "1", "--num-samples", "3", "--max-epochs", "1",
+    argv = ["--smoke-test", "--no-retrain", "--max-concurrent", "1", "--num-samples", "4", "--max-epochs", "1",
             "--train-size", "256", "--eval-size", "200", "--seed", "7", "--name", "rep"]
     tables = []
     for run in ("a", "b"):
@@ -250,6 +258,28 @@ def test_same_seed_suggests_the_same_configs(tmp_path, trials):
     a, b = tables
     columns = ["trial", *PARAMS, "best_val_acc", "epochs_run", "status"]
     pd.testing.assert_frame_equal(a[columns], b[columns])
-    assert len(a) == 3 and {p: a.iloc[0][p] for p in PARAMS} == SEED_CONFIG
-    # the seed matters: seed 0 (the smoke search) suggested other configs
-    assert a.loc[1, "lr"] != trials.loc[1, "lr"]
+    assert len(a) == 4 and {p: a.iloc[0][p] for p in PARAMS} == SEED_CONFIG
+    # the seed matters: seed 0 (the smoke search) suggested another config after the fixed three
+    assert a.loc[3, "lr"] != trials.loc[3, "lr"]
+
+
+def test_a_search_stopped_by_its_time_budget_publishes_what_finished(tmp_path, capfd):
+    """--smoke-test with --time-budget: the budget is only the search's hard stop (Ray's
+    time_budget_s). A thousand 1-epoch trials cannot finish in 30 s: Ray stops the search, which
+    publishes the trials that finished, exits 0 and is not taken for an interrupted one."""
+    out = tmp_path / "results"
+    argv = ["--smoke-test", "--no-retrain", "--num-samples", "1000", "--max-epochs", "1", "--train-size", "256",
+            "--eval-size", "200", "--time-budget", "30s", "--name", "cut", "--out", str(out)]
+    assert run_search(argv) == 0
+    assert "search stopped by its time budget" in capfd.readouterr().err
+    best = json.loads((out / "cut" / "best_config.json").read_text())
+    s = best["search"]
+    assert (s["stopped_by_budget"], s["budget"], s["time_budget_s"]) == (True, "smoke", 30)
+    assert 0 < s["budget_plan"]["search_time_budget_s"] < 30
+    trials = pd.read_csv(out / "cut" / "trials.csv")
+    assert 1 <= len(trials) < 1000 and s["trials"] == len(trials)
+    assert set(trials["status"]) <= {"finished", "budget_stopped"} and trials["error"].isna().all()
+    finished = trials[trials["status"] == "finished"]
+    assert len(finished) >= 1 and (finished["epochs_run"] == 1).all()
+    assert best["trial_id"] in set(finished["trial_id"])  # the best among the finished ones
+    assert (out / "best_config.json").read_bytes() == (out / "cut" / "best_config.json").read_bytes()

@@ -7,20 +7,26 @@ from pathlib import Path
 
 from mnist_net import files
 from mnist_net.runtime import provenance
-from tuner import results
+from tuner import extend, results
 from tuner.resources import Plan
 from tuner.settings import SearchSettings
 from tuner.space import METRIC, MODE, PARAMS, SEED_CONFIG
 
 
 def write_search_results(grid, settings: SearchSettings, plan: Plan, storage: str, summary_dir: Path,
-                         out: Path, name: str, wall_s: float) -> dict:
+                         out: Path, name: str, wall_s: float, ext: extend.Extension | None = None,
+                         stopped_by_budget: bool = False) -> dict:
+    """stopped_by_budget: Ray's time_budget_s ended the search; the trials it cut short are marked
+    BUDGET_STOPPED and the best is chosen among the others."""
     trials, epochs = results.tables(grid, settings.max_epochs)
+    if stopped_by_budget:
+        trials = mark_budget_stopped(trials, grid)
     results.write_csv(trials, summary_dir / "trials.csv")
     results.write_csv(epochs, summary_dir / "trial_epochs.csv")
     study = results.build_study(trials, epochs, summary_dir / "study.db", name)
     plots = results.write_plots(study, summary_dir)
-    row = results.best_trial(trials)
+    pool = trials if ext is None else ext.pool(trials, name)  # an extension: best over its parents' too
+    row = results.best_trial(pool)
     seed_row = trials.iloc[0]  # points_to_evaluate makes the seed's config trial 1
     best = {
         "config": {p: results._native(row[p]) for p in PARAMS},
@@ -33,10 +39,27 @@ def write_search_results(grid, settings: SearchSettings, plan: Plan, storage: st
         "search": {**settings.to_dict(), "grace_period": settings.grace_period,
                    "reduction_factor": settings.reduction_factor, "plan": plan.describe(),
                    "trials": len(trials), "status_counts": trials["status"].value_counts().to_dict(),
-                   "wall_time_s": round(wall_s, 1)},
+                   "wall_time_s": round(wall_s, 1), "stopped_by_budget": stopped_by_budget},
         "seed": settings.seed, "files": ["trials.csv", "trial_epochs.csv", "study.db", *plots],
-        "provenance": provenance(),
+        "provenance": provenance(), "space": extend.space_record(),
     }
+    if ext is not None:
+        best = ext.link(best, row, len(pool))
     files.write_json(summary_dir / "best_config.json", best)
     files.write_json(out / "best_config.json", best)  # the stable copy: the latest finished search
     return best
+
+
+BUDGET_STOPPED = "budget_stopped"
+
+
+def mark_budget_stopped(trials, grid):
+    """Trials that neither errored nor ended on their own (finished, or stopped by ASHA: Ray's
+    last result has done=True) were still running when the time budget ran out."""
+    cut = {(r.metrics or {}).get("trial_id") or Path(r.path).name for r in grid
+           if r.error is None and not (r.metrics or {}).get("done")}
+    hit = trials["trial_id"].isin(cut) & (trials["status"] == "stopped")
+    trials = trials.copy()
+    trials.loc[hit, "status"] = BUDGET_STOPPED
+    trials.loc[hit, "stopped_early"] = False
+    return trials

@@ -18,9 +18,9 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
-from tuner import cluster, publish, resources
+from tuner import budget, cluster, extend, publish, resources
 from tuner.results import NoFinishedTrial
-from tuner.settings import BUDGET_FLAGS, CPU_BUDGET, SMOKE, SearchSettings
+from tuner.settings import BUDGET_FLAGS, DEFAULT_TIME_BUDGET_S, SMOKE, SMOKE_POINTS, SearchSettings
 from tuner.space import METRIC, MODE, SEED_CONFIG, TIME_ATTR, param_space
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -31,59 +31,88 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m tuner.search", description=__doc__.splitlines()[0])
     p.add_argument("--num-samples", type=positive_int,
                    help=f"trials, the seed's config first (default {d.num_samples})")
+    p.add_argument("--time-budget", type=budget.parse_duration, metavar="DURATION",
+                   help="wall-clock budget for the whole command, search and retrain: 90s, 20m, 1.5h or "
+                   "seconds. The fidelity flags below that are not given are planned to fit it after a "
+                   f"few seconds of calibration (default {DEFAULT_TIME_BUDGET_S // 60}m on a machine "
+                   "with no GPU and none of the fidelity flags; with GPUs: none, full fidelity)")
     p.add_argument("--max-epochs", type=positive_int,
-                   help=f"epochs per trial (default {d.max_epochs}; CPU budget {CPU_BUDGET['max_epochs']})")
-    p.add_argument("--train-size", type=positive_int, help="training subset per trial (default all 50,000; "
-                   f"CPU budget {CPU_BUDGET['train_size']})")
-    p.add_argument("--eval-size", type=positive_int, help="val subset scored each epoch (default all 10,000; "
-                   f"CPU budget {CPU_BUDGET['eval_size']})")
+                   help=f"epochs per trial (default {d.max_epochs}, or planned to --time-budget)")
+    p.add_argument("--train-size", type=positive_int, help="training subset per trial (default all 50,000, "
+                   "or planned to --time-budget)")
+    p.add_argument("--eval-size", type=positive_int, help="val subset scored each epoch (default all 10,000, "
+                   "or planned to --time-budget)")
     p.add_argument("--seed", type=non_negative_int, help=f"seeds the sampler and every trial (default {d.seed})")
     p.add_argument("--max-concurrent", type=positive_int, help="cap on trials at once (default: what fits)")
-    p.add_argument("--gpus-per-trial", type=non_negative_float, help="GPU share per trial; 0 forces CPU "
-                   f"(default {resources.DEFAULT_GPU_SHARE} when GPUs exist)")
+    p.add_argument("--gpus-per-trial", type=non_negative_float, help="GPU share per trial, at most 1 (a trial "
+                   f"trains on one GPU); 0 forces CPU (default {resources.DEFAULT_GPU_SHARE} when GPUs exist)")
     p.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per trial (default: planned)")
     p.add_argument("--retrain-seeds", type=positive_int, help="seeds for the final retrain "
-                   f"(default {d.retrain_seeds}; CPU budget {CPU_BUDGET['retrain_seeds']})")
-    p.add_argument("--retrain-epochs", type=positive_int, help="epochs for the retrain (default = --max-epochs; "
-                   f"CPU budget {CPU_BUDGET['retrain_epochs']})")
+                   f"(default {d.retrain_seeds}, or planned to --time-budget)")
+    p.add_argument("--retrain-epochs", type=positive_int, help="epochs for the retrain (default = --max-epochs, "
+                   "or planned to --time-budget)")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="checkpoint each trial every N epochs (default auto: after the first epoch, then "
+                   "whenever the epochs since the last save took about 20x the save's cost). A resumed or "
+                   "retried trial loses the epochs since its last checkpoint")
     p.add_argument("--no-retrain", action="store_true", help="stop after the search")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST folder")
     p.add_argument("--out", type=Path, default=Path("results"), help="folder for the search's summary files")
     p.add_argument("--storage", help="Ray's experiment storage: a path or URI all nodes share (default <out>/ray)")
     p.add_argument("--name", help="experiment name (default s5-<UTC time>)")
+    p.add_argument("--extend", metavar="NAME", help="run --num-samples more trials (default: as many as NAME "
+                   "ran) in a new experiment, TPE warm-started from the finished search NAME in --out")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name "
                    "(default: the newest one in --storage)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="existing Ray cluster host:port (default $RAY_ADDRESS; none = start a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
-    p.add_argument("--smoke-test", action="store_true", help=f"tiny preset for tests: {SMOKE}")
+    p.add_argument("--smoke-test", action="store_true", help=f"tiny preset for tests: {SMOKE}, never "
+                   "calibrated (with --time-budget, the budget is only the search's hard stop)")
     return p
 
 
 def settings_from_args(args: argparse.Namespace, has_gpu: bool) -> SearchSettings:
-    """Defaults < CPU budget (no GPU, no budget flag given) or smoke preset < explicit flags."""
+    """Defaults < smoke preset < explicit flags. A time budget (--time-budget, or the default one
+    on a machine with no GPU and no fidelity flag) makes it budget "time": plan_budget fills in
+    the fidelity flags not given (budget.plan_settings)."""
     explicit = {k: getattr(args, k) for k in
                 ("num_samples", "max_epochs", "train_size", "eval_size", "seed", "max_concurrent",
-                 "gpus_per_trial", "cpus_per_trial", "retrain_seeds", "retrain_epochs")
+                 "gpus_per_trial", "cpus_per_trial", "retrain_seeds", "retrain_epochs", "checkpoint_every")
                 if getattr(args, k) is not None}
-    preset, budget = {}, "full"
+    preset, kind, time_budget = {}, "full", args.time_budget
     if args.smoke_test:
-        preset, budget = SMOKE, "smoke"
-    elif not has_gpu and not any(k in explicit for k in BUDGET_FLAGS):
-        preset, budget = CPU_BUDGET, "cpu"
-    return SearchSettings(**{**preset, **explicit, "budget": budget})
+        preset, kind = SMOKE, "smoke"
+    elif time_budget is None and not has_gpu and not any(k in explicit for k in BUDGET_FLAGS):
+        time_budget = float(DEFAULT_TIME_BUDGET_S)
+    if time_budget is not None and kind == "full":
+        kind = "time"
+    return SearchSettings(**{**preset, **explicit, "budget": kind, "time_budget_s": time_budget})
+
+
+def trial_base(settings: SearchSettings) -> TrainConfig:
+    """The TrainConfig every trial starts from (Tune's sampled params replace lr, momentum, batch)."""
+    return TrainConfig(epochs=settings.max_epochs, train_split="train", train_size=settings.train_size,
+                       eval_size=settings.eval_size, seed=settings.seed)
+
+
+def data_dir(args) -> str:
+    return str(Path(args.data_dir).expanduser().resolve())  # absolute: Ray runs tasks in other folders
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # a --time-budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.name is not None and not NAME_RE.match(args.name):
         parser.fail(f"--name {args.name!r}: use letters, digits, '.', '_' or '-' (a folder name)")
     try:
         settings_from_args(args, has_gpu=True)  # reject bad values before Ray starts
+        ext = extend.check(args, *planned_paths(args)) if args.extend else None  # before any folder exists
         out = prepare_out_dir(args.out)
         storage = cluster.resolve_storage(args.storage, out)
         name, saved = resolve_experiment(args, storage, out)  # a clash or nothing to resume: before Ray too
+        ext = extend.saved(out, name, saved) if saved else ext
         ensure_mnist(args.data_dir)  # once, in the driver, before any trial starts
         cluster.connect(args.address, args.dashboard)
     except (ValueError, DataUnavailable, ConnectionError) as err:
@@ -91,13 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nodes = resources.alive_nodes()
         has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
-        settings = saved or settings_from_args(args, has_gpu)
+        settings = saved or (ext.settings if ext else settings_from_args(args, has_gpu))
         plan = resources.plan(nodes, settings.gpus_per_trial, settings.cpus_per_trial,
                               settings.max_concurrent)
-    except ValueError as err:
+        if settings.time_budget_s is not None and settings.budget_plan is None:  # never on --resume
+            fixed = {k: getattr(args, k) for k in budget.FIDELITY_FIELDS if getattr(args, k) is not None}
+            settings = budget.plan_settings(settings, plan, data_dir(args), trial_base(settings), fixed, started)
+    except ValueError as err:  # includes budget.BudgetTooSmall, after calibration
         cluster.disconnect()
         parser.fail(str(err))
-    return run(args, settings, plan, storage, out, name)
+    except KeyboardInterrupt:  # during the calibration: nothing written yet
+        cluster.disconnect()
+        say("interrupted before the search started; nothing was written")
+        return 130
+    return run(args, settings, plan, storage, out, name, ext)
+
+
+def planned_paths(args) -> tuple[Path, str]:
+    """--out and the Ray storage as they will be, without creating either."""
+    out = Path(args.out).expanduser().resolve()
+    return out, (args.storage.rstrip("/") if args.storage and "://" in args.storage
+                 else str(Path(args.storage or out / "ray").expanduser().resolve()))
 
 
 def resolve_experiment(args, storage: str, out: Path) -> tuple[str, SearchSettings | None]:
@@ -117,7 +160,8 @@ def resolve_experiment(args, storage: str, out: Path) -> tuple[str, SearchSettin
     return name, None
 
 
-def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out: Path, name: str) -> int:
+def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out: Path, name: str,
+        ext: extend.Extension | None = None) -> int:
     from ray import tune
 
     from tuner.trainable import train_s5
@@ -125,16 +169,18 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     summary_dir = out / name
     summary_dir.mkdir(parents=True, exist_ok=True)
     settings.save(summary_dir / "search_settings.json")
-    if settings.budget == "cpu":
-        say(f"no GPU and no budget flags: using the CPU budget {CPU_BUDGET} (about 20 min on 2 cores)")
+    if ext is not None:
+        ext.save(summary_dir)  # the link to the parent, for the results and a --resume
+        say(f"extending {ext.parent}: TPE warm-started with {len(ext.warm_start()[0])} of its trials")
+    if (line := budget.describe(settings)) is not None:
+        say(line)
     say(plan.describe())
     say(f"ASHA on {METRIC} ({MODE}) over epochs: max_t {settings.max_epochs}, grace period "
         f"{settings.grace_period}, reduction factor {settings.reduction_factor}")
     say(f"experiment {name}: Ray storage {storage}, summary {summary_dir}")
-    base = TrainConfig(epochs=settings.max_epochs, train_split="train", train_size=settings.train_size,
-                       eval_size=settings.eval_size, seed=settings.seed)
     trainable = tune.with_resources(
-        tune.with_parameters(train_s5, base=base, data_dir=str(Path(args.data_dir).expanduser().resolve())),
+        tune.with_parameters(train_s5, base=trial_base(settings), data_dir=data_dir(args),
+                             checkpoint_every=settings.checkpoint_every),
         plan.resources)
     resume = f"python -m tuner.search --resume --name {name} --out {out}" + (
         f" --storage {args.storage}" if args.storage else "")
@@ -145,17 +191,24 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
             tuner = tune.Tuner.restore(f"{storage}/{name}", trainable, resume_unfinished=True,
                                        resume_errored=True, param_space=param_space())
         else:
-            tuner = build_tuner(trainable, settings, plan, storage, name)
+            tuner = build_tuner(trainable, settings, plan, storage, name, ext.warm_start() if ext else None)
         grid = tuner.fit()
     except KeyboardInterrupt:
         grid = None
-    if grid is None or cluster.unfinished(grid, settings.num_samples):
+    unfinished = grid is not None and cluster.unfinished(grid, settings.num_samples)
+    # Ray's time_budget_s stops the trials as Ctrl-C does; only the time taken tells them apart.
+    hard_stop = settings.search_time_budget_s
+    by_budget = unfinished and hard_stop is not None and time.time() - start >= hard_stop
+    if grid is None or (unfinished and not by_budget):
         say(f"search interrupted; its state is saved. Resume with: {resume}")
         cluster.disconnect()
         return 130
+    if by_budget:
+        say(f"search stopped by its time budget ({budget.format_duration(hard_stop)}): publishing the trials "
+            "that finished; those still running are marked budget_stopped in trials.csv")
     try:
         best = publish.write_search_results(grid, settings, plan, storage, summary_dir, out, name,
-                                            time.time() - start)
+                                            time.time() - start, ext, stopped_by_budget=by_budget)
     except OSError as err:  # disk full, folder gone read-only: earlier files stay as they were
         say(f"error: cannot write the search's results to {summary_dir}: {err.strerror or err}. "
             f"Ray's experiment in {storage}/{name} is complete; free space and rerun: {resume}")
@@ -165,28 +218,37 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
         say(f"error: {err}")
         cluster.disconnect()
         return 1
-    cluster.disconnect()
     say(f"best: lr {best['config']['lr']:.4g}, momentum {best['config']['momentum']:.3f}, "
         f"batch {best['config']['batch_size']} -> {METRIC} {best[METRIC]:.2f}% "
         f"(epoch {best['epoch']}); seed config: {best['seed_config_val_acc']:.2f}%")
     if args.no_retrain:
+        cluster.disconnect()
         return 0
     from tuner import retrain
 
-    return retrain.main([
-        "--config", str(out / "best_config.json"), "--seeds", str(settings.retrain_seeds),
-        "--epochs", str(settings.retrain_epochs or settings.max_epochs),
-        "--data-dir", str(args.data_dir), "--out", str(summary_dir)]
-        + (["--train-size", str(settings.retrain_train_size)] if settings.retrain_train_size else []))
+    try:  # on the search's Ray, so a cluster's nodes run the retrain's runs: disconnect after
+        return retrain.main([
+            "--config", str(out / "best_config.json"), "--seeds", str(settings.retrain_seeds),
+            "--epochs", str(settings.retrain_epochs or settings.max_epochs),
+            "--cpus-per-run", str(plan.cpu_per_trial), "--gpus-per-run", f"{plan.gpu_per_trial:g}",
+            "--data-dir", str(args.data_dir), "--out", str(summary_dir)]
+            + (["--train-size", str(settings.retrain_train_size)] if settings.retrain_train_size else []))
+    finally:
+        cluster.disconnect()
 
 
-def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, storage: str, name: str):
+def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, storage: str, name: str,
+                warm: tuple[list[dict], list[float]] | None = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(metric=METRIC, mode=MODE, points_to_evaluate=[dict(SEED_CONFIG)],
+    # A new search runs the seed's config first (the smoke preset adds a sure learner and a sure
+    # non-learner, so ASHA has a trial to stop on any CPU); an extension tells TPE its parent's
+    # trials instead.
+    points, rewards = warm or ([dict(SEED_CONFIG)] + (SMOKE_POINTS if settings.budget == "smoke" else []), None)
+    searcher = OptunaSearch(metric=METRIC, mode=MODE, points_to_evaluate=points, evaluated_rewards=rewards,
                             sampler=optuna.samplers.TPESampler(seed=settings.seed))
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period,
@@ -196,6 +258,8 @@ def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, stora
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=settings.num_samples,
                                     max_concurrent_trials=plan.concurrent,
+                                    # the hard stop of a --time-budget: the retrain gets the rest
+                                    time_budget_s=settings.search_time_budget_s,
                                     # a new process per trial costs seconds of imports and data loading
                                     reuse_actors=True),
         run_config=tune.RunConfig(

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_net import files
 
-# A machine with no GPU and no budget flags: search + retrain of the default 32
-# samples fit in 20 minutes on 2 cores (measured: README "CPU budget").
-CPU_BUDGET = {"max_epochs": 4, "train_size": 5000, "eval_size": 5000,
-              "retrain_seeds": 2, "retrain_epochs": 2}
+# A machine with no GPU and no budget flag: the whole command (search + retrain) is planned to
+# finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
+DEFAULT_TIME_BUDGET_S = 20 * 60
 SMOKE = {"num_samples": 4, "max_epochs": 2, "train_size": 512, "eval_size": 500,
          "retrain_seeds": 1, "retrain_epochs": 1, "retrain_train_size": 1024}
-BUDGETS = ("full", "cpu", "smoke")
+# The smoke search's trials 2 and 3, after the seed's config: one that learns within its first
+# 512-image epoch (20-30 % val after it, bf16 or fp32 CPU) and one that cannot (one step a
+# epoch at lr 0.001: chance). ASHA then has a trial below the median on any machine.
+SMOKE_POINTS = [{"lr": 0.05, "momentum": 0.9, "batch_size": 32},
+                {"lr": 0.001, "momentum": 0.5, "batch_size": 1024}]
+# "full": the defaults (or the fidelity flags given); "time": fidelity planned to --time-budget;
+# "smoke": the tiny test preset.
+BUDGETS = ("full", "time", "smoke")
 BUDGET_FLAGS = ("max_epochs", "train_size", "eval_size", "retrain_seeds", "retrain_epochs")
+
+
+def grace_period_for(max_epochs: int) -> int:
+    """ASHA's first rung: ~1/10 of the epochs, at least 1 (early epochs are noisy)."""
+    return max(1, max_epochs // 10)
+
+
+def reduction_factor_for(max_epochs: int) -> int:
+    """Halve at each rung on short budgets; keep a third on long ones (more rungs)."""
+    return 2 if max_epochs <= 6 else 3
 
 
 @dataclass(frozen=True)
@@ -32,7 +49,12 @@ class SearchSettings:
     retrain_seeds: int = 3
     retrain_epochs: int | None = None  # None = max_epochs
     retrain_train_size: int | None = None  # None = all 60k (only the smoke test shrinks it)
-    budget: str = "full"  # "full", "cpu" (automatic on a GPU-less machine) or "smoke"
+    budget: str = "full"  # one of BUDGETS
+    time_budget_s: float | None = None  # --time-budget: the whole command's wall-clock budget
+    # With a time budget: what the planner measured and chose (throughput, level, prediction) and
+    # the search's hard stop. Saved, so that --resume reuses it instead of recalibrating.
+    budget_plan: dict | None = None
+    checkpoint_every: int | None = None  # epochs between trial checkpoints; None = auto (trainable)
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_epochs", "retrain_seeds"):
@@ -40,7 +62,7 @@ class SearchSettings:
             if not (_is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("train_size", "eval_size", "max_concurrent", "cpus_per_trial",
-                     "retrain_epochs", "retrain_train_size"):
+                     "retrain_epochs", "retrain_train_size", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -49,8 +71,16 @@ class SearchSettings:
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         g = self.gpus_per_trial
-        if g is not None and not (g == 0 or 0 < g <= 1 or float(g).is_integer() and g > 0):
-            raise ValueError(f"gpus_per_trial must be 0, a fraction in (0, 1] or a whole number, got {g}")
+        if g is not None and not (_is_number(g) and 0 <= g <= 1):
+            # engine and trainable train on one device: a second GPU would sit idle, booked
+            raise ValueError(f"a trial trains on one GPU: gpus_per_trial must be 0 (CPU) or a share in "
+                             f"(0, 1], got {g!r}")
+        t = self.time_budget_s
+        if t is not None and not (_is_number(t) and 0 < t < math.inf):
+            raise ValueError(f"time_budget_s must be a positive number of seconds, got {t!r}")
+        if (self.budget == "time" and t is None) or (self.budget == "full" and t is not None):
+            raise ValueError(f"budget {self.budget!r} with time_budget_s {t!r}: a time budget plans "
+                             "the fidelity (budget 'time') or stops the smoke preset")
         if self.train_size is not None and self.train_size > 50_000:
             raise ValueError(f"train_size {self.train_size} exceeds the 50,000-image train split")
         if self.eval_size is not None and self.eval_size > 10_000:
@@ -58,13 +88,16 @@ class SearchSettings:
 
     @property
     def grace_period(self) -> int:
-        """ASHA's first rung: ~1/10 of the epochs, at least 1 (early epochs are noisy)."""
-        return max(1, self.max_epochs // 10)
+        return grace_period_for(self.max_epochs)
 
     @property
     def reduction_factor(self) -> int:
-        """Halve at each rung on short budgets; keep a third on long ones (more rungs)."""
-        return 2 if self.max_epochs <= 6 else 3
+        return reduction_factor_for(self.max_epochs)
+
+    @property
+    def search_time_budget_s(self) -> float | None:
+        """Ray Tune's hard stop for the search (seconds from its start), if any."""
+        return (self.budget_plan or {}).get("search_time_budget_s")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,6 +111,10 @@ class SearchSettings:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"cannot read the saved search settings {path}: {err}") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _is_int(value) -> bool:

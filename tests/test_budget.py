@@ -1,0 +1,187 @@
+"""The time-budget planner: its arithmetic with fake throughputs (no Ray, no training), the
+ladder's order, the duration parser, and one real calibration through `tuner.search`."""
+
+import argparse
+import math
+import re
+from dataclasses import replace
+from itertools import pairwise
+
+import pytest
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+from tuner import budget
+from tuner.budget import (
+    EPOCH_OVERHEAD_S,
+    LADDER,
+    PUBLISH_S,
+    RETRAIN_SETUP_S,
+    SEARCH_SETUP_S,
+    TRIAL_OVERHEAD_S,
+    Fidelity,
+    Throughput,
+)
+from tuner.settings import SearchSettings
+from tuner.space import BATCH_SIZES
+
+# Every batch size at 1,000 training images/s (0.001 s per image), eval at 2,000 images/s.
+FLAT = Throughput(train={b: 1000.0 for b in BATCH_SIZES}, eval=2000.0, load_s=0.0)
+N, SLOTS = 32, 2
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90s", 90), ("20m", 1200), ("1.5h", 5400), ("300", 300), (" 2M ", 120), ("0.5m", 30), (".5h", 1800),
+])
+def test_parse_duration(text, seconds):
+    assert budget.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "-5m", "abc", "20x", "", "1e3", "inf", "nan", "5 min"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        budget.parse_duration(text)
+
+
+def test_the_ladder_starts_at_the_full_recipe_and_only_ever_gives_fidelity_up():
+    assert LADDER[0] == Fidelity(max_epochs=20, train_size=50_000, eval_size=10_000, retrain_seeds=3,
+                                 retrain_epochs=20)
+    assert LADDER[-1] == Fidelity(max_epochs=3, train_size=1000, eval_size=2000, retrain_seeds=1,
+                                  retrain_epochs=1)
+    for high, low in pairwise(LADDER):
+        assert high != low
+        assert all(getattr(low, k) <= getattr(high, k) for k in budget.FIDELITY_FIELDS), (high, low)
+        assert budget.predict(low, FLAT, N, SLOTS).total_s < budget.predict(high, FLAT, N, SLOTS).total_s
+
+
+def test_the_order_in_which_fidelity_is_given_up():
+    """The field each step lowers, runs of the same field collapsed: the documented order."""
+    order = []
+    for high, low in pairwise(LADDER):
+        changed = "+".join(k for k in budget.FIDELITY_FIELDS if getattr(low, k) != getattr(high, k))
+        if not order or order[-1] != changed:
+            order.append(changed)
+    assert order == [
+        "retrain_seeds", "eval_size", "max_epochs+retrain_epochs",  # 20 -> 4 epochs, trials and retrain
+        "train_size+retrain_epochs", "train_size", "train_size+retrain_epochs", "train_size",  # 50k -> 5k
+        "retrain_epochs", "eval_size", "train_size", "max_epochs", "train_size", "retrain_seeds",
+    ]
+    # the retrain never trains a run on fewer images than a trial saw, until epoch 1 is all that is left
+    for f in LADDER:
+        assert f.retrain_epochs * 60_000 >= f.max_epochs * f.train_size or f.retrain_epochs == 1
+
+
+@pytest.mark.parametrize("max_epochs", [2, 3, 4, 6, 7, 8, 9, 12, 18, 20, 27, 35])
+def test_rungs_are_the_milestones_of_rays_asha_below_max_t(max_epochs):
+    s = SearchSettings(max_epochs=max_epochs)
+    bracket = _Bracket(min_t=s.grace_period, max_t=max_epochs, reduction_factor=s.reduction_factor, s=0)
+    rays = sorted(m for m, _ in bracket._rungs if m < max_epochs)
+    assert budget.rungs(max_epochs, s.grace_period, s.reduction_factor) == rays
+
+
+def test_expected_epochs_by_hand():
+    # 32 trials: 10 random ones pass a rung with 1/rf, 22 TPE-guided ones with 0.9
+    p2 = (10 / 2 + 22 * 0.9) / 32  # 0.775
+    assert budget.pass_fraction(32, 2) == pytest.approx(p2)
+    # 4 epochs: grace 1, rf 2, rungs at 1 and 2
+    assert budget.expected_epochs(4, 32) == pytest.approx(1 + p2 * 1 + p2**2 * 2)
+    # 20 epochs: grace 2, rf 3, rungs at 2, 6, 18
+    p3 = (10 / 3 + 22 * 0.9) / 32
+    assert budget.expected_epochs(20, 32) == pytest.approx(2 + p3 * 4 + p3**2 * 12 + p3**3 * 2)
+    # 1 epoch: no rung, every trial runs it; 4 samples: all random
+    assert budget.expected_epochs(1, 32) == 1
+    assert budget.pass_fraction(4, 2) == 0.5
+
+
+def test_prediction_by_hand():
+    f = Fidelity(max_epochs=4, train_size=5000, eval_size=5000, retrain_seeds=2, retrain_epochs=2)
+    epoch = 5000 * 0.001 + 5000 / 2000 + EPOCH_OVERHEAD_S  # 7.55 s
+    p = 0.775
+    trial = (1 + p + p * p * 2) * epoch + TRIAL_OVERHEAD_S
+    full = 4 * epoch + TRIAL_OVERHEAD_S
+    search = SEARCH_SETUP_S + N * trial / SLOTS + 0.5 * full / 2
+    run = 2 * (60_000 * 0.001 + 10_000 / 2000 + EPOCH_OVERHEAD_S) + 10_000 / 2000  # 135.1 s
+    retrain = RETRAIN_SETUP_S + 2 * run  # 4 equal runs on 2 slots: two rounds
+    got = budget.predict(f, FLAT, N, SLOTS, spent_s=30.0)
+    assert got.search_s == pytest.approx(search)
+    assert got.retrain_s == pytest.approx(retrain)
+    assert got.total_s == pytest.approx(30.0 + search + retrain + PUBLISH_S)
+
+
+def test_uneven_speeds_and_slots():
+    # batch 512 (the seed config's) twice as slow: its retrain runs take longer than the best's
+    slow = replace(FLAT, train={**FLAT.train, 512: 500.0}, load_s=2.0)
+    assert slow.s_per_image() == pytest.approx((5 * 0.001 + 0.002) / 6)
+    f = Fidelity(max_epochs=1, train_size=1000, eval_size=1000, retrain_seeds=1, retrain_epochs=1)
+    best = 60_000 * slow.s_per_image() + 5 + EPOCH_OVERHEAD_S + 5
+    seed = 60_000 * 0.002 + 5 + EPOCH_OVERHEAD_S + 5
+    # one slot: the runs one after the other; three: side by side, the longer one decides
+    assert budget.predict(f, slow, 4, 1).retrain_s == pytest.approx(RETRAIN_SETUP_S + 2 + best + seed)
+    assert budget.predict(f, slow, 4, 3).retrain_s == pytest.approx(RETRAIN_SETUP_S + 2 + seed)
+    # 4 one-epoch trials on 3 slots: 4 x trial / 3 + (2/3) x trial / 2
+    trial = 1000 * slow.s_per_image() + 0.5 + EPOCH_OVERHEAD_S + TRIAL_OVERHEAD_S
+    assert budget.predict(f, slow, 4, 3).search_s == pytest.approx(SEARCH_SETUP_S + 2 + 4 * trial / 3 + trial / 3)
+    assert budget.makespan([3, 3, 2, 2, 2], 2) == 7  # in order, each on the first free slot
+
+
+def test_choose_takes_the_highest_level_that_fits():
+    for k in (0, 5, 20, 31, 40, len(LADDER) - 2):
+        exact = budget.predict(LADDER[k], FLAT, N, SLOTS, 30.0).total_s
+        index, f, p = budget.choose(FLAT, exact, N, SLOTS, 30.0)
+        assert (index, f, p.total_s) == (k, LADDER[k], exact)  # and no room for 100 more images
+        index, _, _ = budget.choose(FLAT, exact - 0.01, N, SLOTS, 30.0)
+        assert index == k + 1
+
+
+def test_slack_goes_to_images_per_trial_by_hand():
+    """A 4-epoch level, 2 retrain epochs: 100 more images per trial cost 4.862 s here
+    (32 trials x 2.97625 epochs / 2 slots + the drain's 4 epochs / 4, at 0.001 s per image)."""
+    level = LADDER.index(Fidelity(4, 5000, 5000, 2, 2))
+    base = budget.predict(LADDER[level], FLAT, N, SLOTS).total_s
+    per_100 = 100 * 0.001 * (N * budget.expected_epochs(4, N) / SLOTS + 4 / 4)
+    assert per_100 == pytest.approx(4.862)
+    index, f, p = budget.choose(FLAT, base + 10 * per_100 + 1, N, SLOTS)
+    # 6,000 images per trial fit, 6,100 do not: the first level that fits is the 5,500 one
+    assert LADDER[index] == Fidelity(4, 5500, 5000, 2, 2)
+    assert f == Fidelity(4, 6000, 5000, 2, 2)
+    assert p.total_s == pytest.approx(base + 10 * per_100)
+
+
+def test_flags_the_user_gave_are_kept_at_every_level():
+    index, f, _ = budget.choose(FLAT, 900, N, SLOTS, fixed={"max_epochs": 2, "retrain_seeds": 3})
+    assert (f.max_epochs, f.retrain_seeds) == (2, 3)
+    # with the train size fixed too, nothing fills the slack
+    _, g, p = budget.choose(FLAT, 900, N, SLOTS, fixed={"train_size": 1234})
+    assert g.train_size == 1234 and p.total_s <= 900
+
+
+def test_a_budget_below_the_lowest_level_names_the_smallest_that_works():
+    lowest = budget.predict(LADDER[-1], FLAT, N, SLOTS, 30.0).total_s
+    with pytest.raises(budget.BudgetTooSmall) as info:
+        budget.choose(FLAT, lowest - 1, N, SLOTS, 30.0)
+    assert f"the smallest budget that works here is {math.ceil(lowest / 60)}m" in str(info.value)
+    budget.choose(FLAT, math.ceil(lowest / 60) * 60, N, SLOTS, 30.0)  # which does
+    # with a margin, the level must fit in the budget less the margin, and so must the smallest
+    with pytest.raises(budget.BudgetTooSmall, match=f"works here is {math.ceil(lowest / 0.9 / 60)}m"):
+        budget.choose(FLAT, lowest, N, SLOTS, 30.0, margin=0.1)
+    _, _, p = budget.choose(FLAT, lowest / 0.9, N, SLOTS, 30.0, margin=0.1)
+    assert p.total_s == pytest.approx(lowest)
+
+
+@pytest.mark.slow
+def test_too_small_a_budget_fails_after_a_real_calibration(tmp_path, capfd):
+    """The whole path on a local Ray: calibration tasks, the plan, then one error line and exit 2."""
+    import ray
+
+    from tuner import search
+
+    out = tmp_path / "results"
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as info:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        search.main(["--time-budget", "5s", "--num-samples", "4", "--out", str(out), "--name", "tiny"])
+    err = capfd.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "calibrating" in err
+    last = err.splitlines()[-1]
+    assert last.startswith("python -m tuner.search: error: --time-budget 5 s is too small here"), last
+    assert re.search(r"the smallest budget that works here is \d+m$", last), last
+    assert not ray.is_initialized() and not (out / "tiny").exists()
