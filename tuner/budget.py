@@ -281,7 +281,7 @@ def plan_settings(settings, plan, data_dir: str, base, fixed: dict, started: flo
     spent = time.monotonic() - started
     level, fidelity, predicted = choose(thr, settings.time_budget_s, settings.num_samples, plan.concurrent,
                                         spent, fixed, PLAN_MARGIN)
-    record = {"level": level, "levels": len(LADDER), "fidelity": asdict(fidelity),
+    record = {"level": level + 1, "levels": len(LADDER),  # 1 = the full recipe, as printed "fidelity": asdict(fidelity),
               "fixed_by_flags": sorted(fixed), "predicted_s": predicted.to_dict(),
               "throughput": {**thr.to_dict(), "calibration_s": round(calibration_s, 1), "tasks": tasks},
               "spent_before_search_s": round(spent, 1),
@@ -296,7 +296,7 @@ def describe(settings) -> str | None:
         return None
     thr, p = record["throughput"], record["predicted_s"]
     speeds = ", ".join(f"{b}: {v:.0f}" for b, v in thr["train_images_per_s"].items())
-    return (f"time budget {fmt(settings.time_budget_s)}: level {record['level'] + 1} of {record['levels']}, "
+    return (f"time budget {fmt(settings.time_budget_s)}: level {record['level']} of {record['levels']}, "
             f"{Fidelity(**record['fidelity']).describe()}; predicted {fmt(p['total_s'])} (search "
             f"{fmt(p['search_s'])}, hard stop at {fmt(record['search_time_budget_s'])}; retrain "
             f"{fmt(p['retrain_s'])}). Calibrated images/s per trial by batch size {{{speeds}}}, eval "
