@@ -281,7 +281,8 @@ def plan_settings(settings, plan, data_dir: str, base, fixed: dict, started: flo
     spent = time.monotonic() - started
     level, fidelity, predicted = choose(thr, settings.time_budget_s, settings.num_samples, plan.concurrent,
                                         spent, fixed, PLAN_MARGIN)
-    record = {"level": level + 1, "levels": len(LADDER),  # 1 = the full recipe, as printed "fidelity": asdict(fidelity),
+    # level 1 = the full recipe, as printed
+    record = {"level": level + 1, "levels": len(LADDER), "fidelity": asdict(fidelity),
               "fixed_by_flags": sorted(fixed), "predicted_s": predicted.to_dict(),
               "throughput": {**thr.to_dict(), "calibration_s": round(calibration_s, 1), "tasks": tasks},
               "spent_before_search_s": round(spent, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,6 +14,9 @@ from matplotlib.figure import Figure
 from tuner.results import PLOTS
 from tuner.space import METRIC, PARAMS
 
+# Where `python -m tuner.retrain --epochs 20 --out results/full-recipe` (the README's full-recipe
+# check of the committed search's winner) leaves its retrain.json.
+FULL_RECIPE_DIR = "full-recipe"
 TABLE_COLUMNS = ["trial", *PARAMS, "best_val_acc", "best_epoch", "epochs_run", "stopped_early", "status"]
 
 
@@ -47,6 +50,18 @@ def load(results: str | Path) -> Review | None:
     return Review(folder=folder, best=best, trials=pd.read_csv(folder / "trials.csv"),
                   epochs=pd.read_csv(folder / "trial_epochs.csv"),
                   retrain=json.loads(retrain_file.read_text()) if retrain_file.is_file() else None)
+
+
+def full_recipe(review: Review, results: str | Path) -> Review | None:
+    """The same search with its retrain swapped for the full-recipe one, when that one was run for
+    this search's best config; else None. verdict, comparison_table and retrain_curves take it."""
+    path = Path(results) / FULL_RECIPE_DIR / "retrain.json"
+    if not path.is_file():
+        return None
+    full = json.loads(path.read_text())
+    if full.get("best", {}).get("config") != {p: review.best["config"][p] for p in PARAMS}:
+        return None  # a full-recipe run of an earlier search's winner
+    return replace(review, retrain=full)
 
 
 def trial_table(review: Review) -> pd.DataFrame:
