@@ -43,3 +43,4 @@ def small(splits):
         return splits[name].subset(size, seed)
 
     return make
+

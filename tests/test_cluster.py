@@ -171,25 +171,33 @@ def two_nodes():
     """(cluster, GPU node id, env for a search joining it): a head with 1 CPU and no GPU and a node
     with 2 CPUs and 2 (fake) GPUs, processes of this test.
 
-    This process's Ray client fixed its auth mode when conftest imported Ray, so these nodes run
-    without token auth, and a search joining them must not speak it either (RAY_AUTH_MODE=disabled
-    overrides ~/.ray/auth_token): with a token, the driver refuses the raylets' calls and Tune's
-    actors are cancelled before they start.
+    These nodes run without token auth, and a search joining them must not speak it either
+    (RAY_AUTH_MODE=disabled overrides ~/.ray/auth_token): with a token, the driver refuses the
+    raylets' calls and Tune's actors are cancelled before they start. Ray caches the auth mode per
+    process (RayConfig, the token loader): an earlier in-process local ray.init left it, and
+    RAY_AUTH_MODE=token, behind. So the mode is set and the cache refreshed (Ray's own test helper)
+    here, and both are put back afterwards, or a later test's local Ray would refuse this process.
     """
+    from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        try:
-            # each raylet reads CUDA_VISIBLE_DEVICES when it starts (conftest blanked it for the head)
-            mp.setenv("CUDA_VISIBLE_DEVICES", FAKE_GPUS)
-            gpu_node = nodes.add_node(num_cpus=2, num_gpus=2)
-            mp.setenv("CUDA_VISIBLE_DEVICES", "")
-            nodes.wait_for_nodes()
-            yield nodes, gpu_node.node_id, clean_env(RAY_AUTH_MODE="disabled")
-        finally:
-            nodes.shutdown()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("RAY_ADDRESS", raising=False)
+            mp.setenv("RAY_AUTH_MODE", "disabled")
+            reset_auth_token_state()
+            nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            try:
+                # each raylet reads CUDA_VISIBLE_DEVICES when it starts (conftest blanked it for the head)
+                mp.setenv("CUDA_VISIBLE_DEVICES", FAKE_GPUS)
+                gpu_node = nodes.add_node(num_cpus=2, num_gpus=2)
+                mp.setenv("CUDA_VISIBLE_DEVICES", "")
+                nodes.wait_for_nodes()
+                yield nodes, gpu_node.node_id, clean_env(RAY_AUTH_MODE="disabled")
+            finally:
+                nodes.shutdown()
+    finally:
+        reset_auth_token_state()  # the environment is back as it was: make Ray read it again
 
 
 @ray.remote

@@ -106,12 +106,15 @@ def test_retrain_refuses_to_overwrite_a_retrain_json(tmp_path, capfd):
     assert not ray.is_initialized()  # refused before Ray started
 
 
-@pytest.mark.skipif(any(Path("/dev").glob("nvidia*")), reason="a real GPU would run the task")
-def test_retrain_on_a_gpu_share_without_cuda_fails_in_one_line(tmp_path, capfd):
+def test_retrain_on_a_gpu_share_without_cuda_fails_in_one_line(tmp_path, capfd, monkeypatch):
     """Ray gives each run a (fake) GPU share; this torch sees no CUDA: a clear error, not CPU."""
     config = tmp_path / "best_config.json"
     config.write_text(json.dumps({"config": BEST}))
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    # conftest hides real GPUs; Ray needs as many ids as GPUs, and an id no machine has keeps the
+    # runs' torch CUDA-less even on a GPU box (tests/test_gpu_placement.py does the same)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
     try:
         with pytest.raises(SystemExit) as info:
             retrain.main(["--config", str(config), "--smoke-test", "--out", str(tmp_path / "out")])
