@@ -87,9 +87,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    common.apply_quick(parser, args, QUICK)
-    device = common.device_from_args(parser, args)
+    args, device = common.parse(parser, argv, QUICK)
     facts = common.machine(device)
     say(f"accuracy_parity on {device}: {args.train_size} train images x {args.epochs} epochs, "
         f"batch {args.batch_size}, seeds {args.seeds}; load average {facts['load_avg_1_5_15']}")

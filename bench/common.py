@@ -183,6 +183,13 @@ def device_from_args(parser, args: argparse.Namespace) -> torch.device:
     return device
 
 
+def parse(parser, argv: list[str] | None, quick: dict) -> tuple[argparse.Namespace, torch.device]:
+    """Every CPU benchmark's start: parse argv, apply the --quick sizes, resolve --device."""
+    args = parser.parse_args(argv)
+    apply_quick(parser, args, quick)
+    return args, device_from_args(parser, args)
+
+
 def wants_record(args: argparse.Namespace) -> bool:
     return args.record or not (args.quick or args.no_record)
 

@@ -104,9 +104,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    common.apply_quick(parser, args, QUICK)
-    device = common.device_from_args(parser, args)
+    args, device = common.parse(parser, argv, QUICK)
     if device.type != "cpu":
         parser.fail("cpu_options measures the CPU; use --device cpu")
     precisions = args.precisions.split(",")

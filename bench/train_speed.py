@@ -169,9 +169,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    common.apply_quick(parser, args, QUICK)
-    device = common.device_from_args(parser, args)
+    args, device = common.parse(parser, argv, QUICK)
     facts = common.machine(device)
     say(f"train_speed on {device}: {args.images} images x {args.repeats} rounds, "
                f"batch {args.batch_size}; load average {facts['load_avg_1_5_15']}")
