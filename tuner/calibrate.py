@@ -44,13 +44,10 @@ def measure_eval(cfg, val, device) -> float:
 
 def calibration_task(data_dir: str, base, threads: int) -> dict:
     """One trial's throughput per batch size, on the device and threads Ray gave this task."""
-    import torch
+    from mnist_net.data import load_splits  # not the per-worker cache: load_s is what a trial pays
+    from tuner.resources import worker_device
 
-    from mnist_net.data import load_splits
-    from tuner.resources import assigned_device
-
-    torch.set_num_threads(threads)
-    device = assigned_device()
+    device = worker_device(threads)
     start = time.perf_counter()
     splits = load_splits(data_dir)
     load_s = time.perf_counter() - start

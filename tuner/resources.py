@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -119,6 +120,23 @@ def assigned_device() -> torch.device:
                          f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA torch on the "
                          "GPU nodes or run with --gpus-per-trial 0")
     return torch.device("cuda")
+
+
+def worker_device(cpus: float) -> torch.device:
+    """In a Ray trial or task: torch threads = the CPUs Ray gave it (never more), and its device."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    return assigned_device()
+
+
+@functools.lru_cache(maxsize=2)
+def worker_splits(data_dir: str) -> dict:
+    """MNIST's splits, read and checked once per worker process: Ray reuses trial actors
+    (reuse_actors) and task workers. data_dir is absolute: Ray runs workers in other folders."""
+    from mnist_net.data import load_splits
+
+    return load_splits(data_dir)
 
 
 def alive_nodes() -> list[dict]:

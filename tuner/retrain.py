@@ -8,7 +8,6 @@ comparison is paired (McNemar per seed, a 95 % CI over seeds: tuner.stats).
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import statistics
@@ -79,21 +78,14 @@ def read_best(path: Path) -> dict:
     return data
 
 
-@functools.lru_cache(maxsize=2)
-def cached_splits(data_dir: str) -> dict:
-    """Ray reuses task workers, so each worker process reads and checks MNIST once."""
-    return load_splits(data_dir)
-
-
 def run_one(params: dict, seed: int, epochs: int, train_size: int | None, data_dir: str, cpus: int,
             keep_model: bool) -> dict:
     """One retrain run, as a Ray task: train on train+val, score the full test split once.
 
     Returns plain data only (numbers, a uint8 array of test predictions, CPU tensors).
     """
-    torch.set_num_threads(max(1, int(cpus)))  # never more threads than Ray gave the task
-    device = resources.assigned_device()
-    splits = cached_splits(data_dir)
+    device = resources.worker_device(cpus)
+    splits = resources.worker_splits(data_dir)
     cfg = TrainConfig.from_dict(dict(params), TrainConfig(
         epochs=epochs, seed=seed, train_split="train+val", train_size=train_size))
     result = train_and_test(cfg, splits, device, progress=False)

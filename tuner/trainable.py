@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import time
@@ -12,9 +11,8 @@ import torch
 from ray import tune
 
 from mnist_net.config import TrainConfig
-from mnist_net.data import load_splits
 from mnist_net.engine import Training, build_training, fit
-from tuner.resources import assigned_device
+from tuner.resources import worker_device, worker_splits
 
 CHECKPOINT_FILE = "state.pt"
 REPORTED = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s",
@@ -23,9 +21,6 @@ REPORTED = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_
 # measured cost of one: checkpoints then cost at most 1/20 = 5 % of a trial's time.
 AUTO_CHECKPOINT_RATIO = 20
 
-
-# Ray reuses trial processes (reuse_actors), so each process reads and checks MNIST once.
-cached_splits = functools.lru_cache(maxsize=2)(load_splits)
 
 
 def to_train_config(config: dict, base: TrainConfig) -> TrainConfig:
@@ -46,10 +41,8 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
     epochs since, and Ray numbers them again from the checkpoint's epoch.
     """
     cfg = to_train_config(config, base)
-    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))  # never more threads than Ray gave the trial
-    device = assigned_device()
-    splits = cached_splits(data_dir)  # an absolute path: Ray moves each trial's working dir
+    device = worker_device(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
+    splits = worker_splits(data_dir)
     train = splits["train"].subset(cfg.train_size, cfg.seed).to(device)
     val = splits["val"].subset(cfg.eval_size, cfg.seed).to(device)
     training = build_training(cfg, device)
