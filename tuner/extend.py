@@ -20,18 +20,12 @@ from mnist_net import files
 from mnist_net.cli import say
 from mnist_net.runtime import git_commit
 from tuner.settings import SearchSettings
-from tuner.space import BATCH_SIZES, CHANCE_ACC, LR_RANGE, MOMENTUM_RANGE, PARAMS
+from tuner.space import BATCH_SIZES, CHANCE_ACC, LR_RANGE, MOMENTUM_RANGE, PARAMS, space_record
 
 LINK_FILE = "extends.json"  # in the extension's summary folder: what a --resume needs to publish
 # Flags an extension may set; every other settings flag must equal the parent's (fidelity).
 MAY_DIFFER = ("num_samples", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "retrain_seeds",
               "retrain_epochs", "checkpoint_every")
-
-
-def space_record() -> dict:
-    """tuner/space.py's ranges as JSON, recorded in best_config.json so extensions can compare."""
-    return {"lr": {"loguniform": list(LR_RANGE)}, "momentum": {"uniform": list(MOMENTUM_RANGE)},
-            "batch_size": {"choice": list(BATCH_SIZES)}}
 
 
 def _inside_space(trials: pd.DataFrame) -> bool:
@@ -152,8 +146,9 @@ def saved(out: Path, name: str, settings: SearchSettings) -> Extension | None:
     link = out / name / LINK_FILE
     if not link.is_file():
         return None
-    parent = files.read_json(link, str(link))["extends"]
+    recorded = files.read_json(link, str(link))
+    parent = recorded["extends"]
     best_file = out / parent / "best_config.json"
     return Extension(parent=parent, parent_best=files.read_json(best_file, str(best_file)),
                      trials=lineage(out, parent), settings=settings,
-                     space=files.read_json(link, str(link)).get("parent_space", "recorded"))
+                     space=recorded.get("parent_space", "recorded"))

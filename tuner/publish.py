@@ -10,7 +10,7 @@ from mnist_net.runtime import provenance
 from tuner import extend, results
 from tuner.resources import Plan
 from tuner.settings import SearchSettings
-from tuner.space import METRIC, MODE, PARAMS, SEED_CONFIG
+from tuner.space import METRIC, MODE, PARAMS, SEED_CONFIG, space_record
 
 
 def write_search_results(grid, settings: SearchSettings, plan: Plan, storage: str, summary_dir: Path,
@@ -41,7 +41,7 @@ def write_search_results(grid, settings: SearchSettings, plan: Plan, storage: st
                    "trials": len(trials), "status_counts": trials["status"].value_counts().to_dict(),
                    "wall_time_s": round(wall_s, 1), "stopped_by_budget": stopped_by_budget},
         "seed": settings.seed, "files": ["trials.csv", "trial_epochs.csv", "study.db", *plots],
-        "provenance": provenance(), "space": extend.space_record(),
+        "provenance": provenance(), "space": space_record(),
     }
     if ext is not None:
         best = ext.link(best, row, len(pool))

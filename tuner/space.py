@@ -26,6 +26,12 @@ def param_space() -> dict:
     }
 
 
+def space_record() -> dict:
+    """The same space as JSON, recorded in best_config.json so that --extend can compare spaces."""
+    return {"lr": {"loguniform": list(LR_RANGE)}, "momentum": {"uniform": list(MOMENTUM_RANGE)},
+            "batch_size": {"choice": list(BATCH_SIZES)}}
+
+
 def optuna_distributions() -> dict:
     """The same space as Optuna distributions, to rebuild a study from finished trials."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
