@@ -83,5 +83,26 @@ def unit_float(text: str) -> float:
     return value
 
 
+COMPILE_MODE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def add_compile_mode(parser: argparse.ArgumentParser) -> None:
+    """--compile-mode, the same on every CLI; compile_changes(args) turns it into TrainConfig fields."""
+    parser.add_argument("--compile-mode", choices=COMPILE_MODE_CHOICES,
+                        help="torch.compile the model: default, reduce-overhead (+ CUDA graphs: fewer "
+                        "kernel launches per step on a GPU) or max-autotune-no-cudagraphs; off = eager "
+                        "(default off: no GPU measurement has shown a gain yet, bench/gpu.sh measures it)")
+
+
+def compile_changes(args: argparse.Namespace) -> dict:
+    """TrainConfig changes for --compile-mode ({} when not given: the config's own setting)."""
+    mode = getattr(args, "compile_mode", None)
+    if mode is None:
+        return {}
+    if mode == "off":
+        return {"compile": False}
+    return {"compile": True, "compile_mode": mode}
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

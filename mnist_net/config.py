@@ -11,7 +11,7 @@ from typing import Any
 from mnist_net import files
 
 TRAIN_SPLITS = ("train", "train+val")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # The keys a JSON config may set: the hyperparameters, not the machine.
 HYPERPARAMETERS = ("lr", "momentum", "batch_size")
@@ -38,7 +38,9 @@ class TrainConfig:
     augment: bool = True
     device: str = "auto"  # "auto" picks cuda > mps > cpu
     channels_last: bool = True  # faster convs on CPU (oneDNN) and tensor cores
-    precision: str = "auto"  # bf16 autocast only where the hardware has bf16 units
+    # bf16 autocast only where the hardware has bf16 units; fp16 (+ loss scaling) on pre-Ampere
+    # CUDA GPUs with fp16 tensor cores (V100, T4); else fp32
+    precision: str = "auto"
     compile: bool = False  # torch.compile: pays off only for long runs
     # torch.compile's mode when compile is on. "reduce-overhead" adds CUDA graphs (fewer kernel
     # launches per step on a GPU); bench/gpu_bench.py measures which pays off, so the default

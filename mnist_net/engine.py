@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_net.config import TrainConfig
-from mnist_net.data import Split, batches, eval_split_name
+from mnist_net.data import CHUNK_IMAGES, Split, batches, eval_split_name
 from mnist_net.model import Net
 from mnist_net.runtime import autocast, autocast_dtype
 
@@ -21,6 +21,11 @@ EVAL_BATCH = 1000  # on a GPU: few, large launches
 # three runs on EPYC (native bf16 and emulated AVX2; bench/RESULTS.md, cpu_options).
 CPU_EVAL_BATCH = 250
 DIVERGENCE_CHECK_EVERY = 16  # batches between host syncs that look for a non-finite loss
+# GPU bytes one image of an augmentation chunk can hold at its peak, reasoned, not measured:
+# float pixels (3,136) + affine_grid's base grid (28x28x3 floats: 9,408) and sampling grid
+# (6,272) + grid_sample's output (3,136) + a channels_last copy (3,136) + the uint8 gather.
+CHUNK_BYTES_PER_IMAGE = 26_000
+CHUNK_MEMORY_FRACTION = 0.5  # of the run's memory share; the rest: context, weights, activations
 
 
 @dataclass(frozen=True)
@@ -46,15 +51,42 @@ class Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     forward: nn.Module  # the model, or its torch.compile wrapper
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast only (bf16 and fp32 need none)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()  # the loss scale it has learnt
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a saved state; the optimizer keeps this device's kernel choice (DEVICE_KEYS)."""
         self.model.load_state_dict(state["model"])
+        kept = [{k: g[k] for k in DEVICE_KEYS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, keys in zip(self.optimizer.param_groups, kept, strict=True):
+            group.update(keys)
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+# Optimizer.load_state_dict restores every param-group key, these too: a CPU checkpoint (fused
+# off) resumed on a GPU would run foreach SGD there, and a GPU one fused SGD on a CPU.
+DEVICE_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def cpu_state(obj):
+    """`obj` (nested dicts/lists of tensors) with every tensor copied to the CPU: a checkpoint
+    that loads on a machine without a GPU, with torch.load(..., weights_only=True)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_state(v) for v in obj)
+    return obj
 
 
 @dataclass
@@ -82,13 +114,20 @@ def build_training(cfg: TrainConfig, device: torch.device) -> Training:
     if cfg.compile:
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         forward = torch.compile(model, mode=mode)
-    return Training(model, optimizer, scheduler, forward)
+    # fp16's narrow range underflows small gradients: the scaler multiplies the loss up and skips
+    # steps whose gradients overflowed.
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype(device, cfg.precision) == torch.float16 else None
+    return Training(model, optimizer, scheduler, forward, scaler)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, *,
                 batch_size: int, generator: torch.Generator, augment: bool = True,
-                amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EpochStats:
+                amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                scaler: torch.amp.GradScaler | None = None, chunk: int | None = None) -> EpochStats:
     """One pass over `data` in shuffled batches; stops early on a non-finite loss.
+
+    scaler: fp16's loss scaling (Training.scaler). chunk: images augmented per call (None = the
+    device's default; gpu_chunk_images caps it by GPU memory); the batches do not depend on it.
 
     On a CPU the loss is checked every DIVERGENCE_CHECK_EVERY batches (free there); on a GPU the
     check would block the host and starve the GPU of queued work, so it runs once, at the end.
@@ -101,13 +140,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     seen = n_batches = 0
     start = time.perf_counter()
     for x, y in batches(data, batch_size, generator=generator, augment=augment,
-                        channels_last=channels_last):
+                        channels_last=channels_last, chunk=chunk):
         with autocast(device, amp_dtype):
             out = model(x)
         loss = F.nll_loss(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         loss_sum += loss.detach()
         correct += (out.argmax(1) == y).sum()
         seen, n_batches = seen + len(y), n_batches + 1
@@ -117,6 +161,17 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     seconds = time.perf_counter() - start
     return EpochStats(loss=mean_loss, acc=100.0 * int(correct) / max(seen, 1), seconds=seconds,
                       images_per_s=seen / seconds, diverged=not math.isfinite(mean_loss))
+
+
+def gpu_chunk_images(device: torch.device, memory_share: float = 1.0) -> int | None:
+    """Images per augmentation chunk that fit this run's part of the GPU's memory: the smaller of
+    the free memory and `memory_share` (its GPU share: K trials on a GPU each get 1/K) of the
+    total, half of it, at CHUNK_BYTES_PER_IMAGE; at most the whole epoch. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    budget = min(free, total * memory_share) * CHUNK_MEMORY_FRACTION
+    return max(1, min(CHUNK_IMAGES["cuda"], int(budget // CHUNK_BYTES_PER_IMAGE)))
 
 
 def eval_batch(device: torch.device) -> int:
@@ -155,8 +210,10 @@ EpochCallback = Callable[[dict, Training], None]
 
 def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
         training: Training | None = None, start_epoch: int = 0,
-        callback: EpochCallback | None = None) -> History:
+        callback: EpochCallback | None = None, memory_share: float = 1.0) -> History:
     """Train for cfg.epochs (from start_epoch), evaluating each epoch; stops on divergence.
+
+    memory_share: the part of the GPU's memory this run may use (its Ray GPU share).
 
     Each epoch's randomness comes from (seed, epoch), so a run resumed at epoch k draws
     the same batches and augmentations as an uninterrupted one.
@@ -164,13 +221,14 @@ def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
     training = training or build_training(cfg, device)
     amp = autocast_dtype(device, cfg.precision)
     name = eval_split_name(cfg.train_split)
+    chunk = gpu_chunk_images(device, memory_share)
     history = History()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
         lr = training.optimizer.param_groups[0]["lr"]
         stats = train_epoch(training.forward, training.optimizer, train, batch_size=cfg.batch_size,
                             generator=gen, augment=cfg.augment, amp_dtype=amp,
-                            channels_last=cfg.channels_last)
+                            channels_last=cfg.channels_last, scaler=training.scaler, chunk=chunk)
         training.scheduler.step()
         record = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_acc": stats.acc,
                   "epoch_seconds": stats.seconds, "images_per_s": stats.images_per_s}

@@ -67,9 +67,28 @@ def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
     return tuple(capability) >= (8, 0)
 
 
+def cuda_has_fast_fp16(capability: tuple[int, int]) -> bool:
+    """fp16 tensor cores exist from compute capability 7.0 (Volta: V100; Turing: T4) on."""
+    return tuple(capability) >= (7, 0)
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for this device, or None for plain fp32."""
+    """The autocast dtype for this device, or None for plain fp32.
+
+    "auto": bf16 where native (CUDA >= 8.0, CPUs with AVX512-BF16/AMX); fp16 on CUDA 7.x (V100,
+    T4: fp16 tensor cores but no bf16 ones; Training adds the GradScaler fp16 needs); else fp32.
+    """
     if precision == "fp32":
+        return None
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+        if precision == "auto" and cuda_has_native_bf16(capability):
+            return torch.bfloat16
+        if cuda_has_fast_fp16(capability):
+            return torch.float16
+        if precision == "fp16":
+            raise ValueError(f"fp16 requested but {device.type} here has no fp16 tensor cores "
+                             "(CUDA compute capability 7.0 or newer)")
         return None
     if device.type == "cuda":
         supported = cuda_has_native_bf16(torch.cuda.get_device_capability(device))

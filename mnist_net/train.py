@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # the text bar: works in terminals and notebooks without ipywidgets
 
-from mnist_net import files, plots
+from mnist_net import cli, files, plots
 from mnist_net.cli import Parser, non_negative_int, positive_float, positive_int, say, unit_float
 from mnist_net.config import TrainConfig, load_config_file
 from mnist_net.data import DEFAULT_DATA_DIR, Split, eval_split_name, load_splits
@@ -89,11 +89,13 @@ def build_parser() -> Parser:
                    "train = first 50k with per-epoch val metrics (default train+val)")
     p.add_argument("--seed", type=non_negative_int, help=f"default {DEFAULTS.seed}")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto = bf16 autocast where the hardware has bf16 units (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 autocast where the hardware has bf16 units, fp16 with loss scaling "
+                   "on pre-Ampere GPUs (V100, T4), else fp32 (default auto)")
     p.add_argument("--no-augment", action="store_true", help="disable training augmentation")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (= --compile-mode default)")
+    cli.add_compile_mode(p)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST folder")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder")
     p.add_argument("--smoke-test", action="store_true",
@@ -118,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["channels_last"] = False
     if args.compile:
         changes["compile"] = True
+    changes.update(cli.compile_changes(args))  # --compile-mode wins over --compile
     return base.replace(**changes)
 
 

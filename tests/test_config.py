@@ -26,7 +26,7 @@ def test_lr_decay_follows_the_epoch_budget(epochs, step):
     ("batch_size", 0), ("batch_size", 2.5), ("batch_size", True),
     ("epochs", True), ("epochs", -3), ("step_size", 0), ("step_size", 2.0),
     ("decay_fraction", 0), ("decay_fraction", 1.5), ("gamma", 0), ("seed", -1),
-    ("train_split", "x"), ("precision", "fp16"), ("train_size", 0), ("eval_size", 1.5),
+    ("train_split", "x"), ("precision", "fp8"), ("train_size", 0), ("eval_size", 1.5),
     ("augment", "yes"), ("device", ""),
 ])
 def test_bad_values_name_the_field(field, value):

@@ -7,23 +7,45 @@ measures the nodes that will train. A few seconds: a short slice per batch size 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
 from tuner.budget import Throughput
 from tuner.space import BATCH_SIZES
 
-# Images timed per batch size (at least two steps), after a warm-up slice; then one eval pass.
+# Images timed per batch size (at least TIMED_STEPS steps), after a warm-up of the same shapes;
+# then one eval pass. A GPU step takes ~1 ms: more steps keep timer and launch jitter small.
 CALIBRATION_IMAGES = 512
 CALIBRATION_EVAL = 2000
+TIMED_STEPS = {"cpu": 2, "cuda": 16}
+WARMUP_STEPS = 3  # cuDNN's autotuning (cudnn.benchmark, per input shape), allocator, lazy init
 
 
 def measure_train(cfg, train, device) -> float:
-    """Training images/s of one epoch of `cfg` on `train` (a small slice)."""
-    from mnist_net.engine import fit
+    """Training images/s of `cfg` on `train` (a small slice), on a model warmed up first.
 
-    history = fit(cfg.replace(epochs=1), train, _head(train, 1), device=device)  # 1-image eval: ~free
-    return history.epochs[0]["images_per_s"]
+    The warm-up runs every input shape the timed slice will (full batches of cfg.batch_size), so
+    cuDNN's per-shape autotuning, CUDA's lazy init and the allocator's first requests fall
+    outside the timed window; train_epoch ends in a host sync, so the GPU is idle at the start.
+    """
+    import torch
+
+    from mnist_net.engine import build_training, train_epoch
+    from mnist_net.runtime import autocast_dtype
+
+    training = build_training(cfg, device)
+    amp, b = autocast_dtype(device, cfg.precision), cfg.batch_size
+
+    def run(images: int, seed: int):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return train_epoch(training.forward, training.optimizer, _head(train, images), batch_size=b,
+                           generator=gen, augment=cfg.augment, amp_dtype=amp,
+                           channels_last=cfg.channels_last, scaler=training.scaler)
+
+    run(min(len(train), WARMUP_STEPS * b) // b * b or b, seed=0)
+    steps = TIMED_STEPS.get(device.type, TIMED_STEPS["cpu"])
+    return run(max(steps * b, CALIBRATION_IMAGES), seed=1).images_per_s
 
 
 def measure_eval(cfg, val, device) -> float:
@@ -51,24 +73,31 @@ def calibration_task(data_dir: str, base, threads: int) -> dict:
     start = time.perf_counter()
     splits = load_splits(data_dir)
     load_s = time.perf_counter() - start
-    train = splits["train"].subset(2 * max(BATCH_SIZES), base.seed).to(device)
-    measure_train(base.replace(batch_size=32), _head(train, 256), device)  # warm-up: threads, caches
-    speeds = {b: measure_train(base.replace(batch_size=b), _head(train, max(2 * b, CALIBRATION_IMAGES)), device)
-              for b in BATCH_SIZES}
+    steps = TIMED_STEPS.get(device.type, TIMED_STEPS["cpu"])
+    train = splits["train"].subset(max(steps * max(BATCH_SIZES), CALIBRATION_IMAGES), base.seed).to(device)
+    speeds = {b: measure_train(base.replace(batch_size=b), train, device) for b in BATCH_SIZES}
     val = _head(splits["val"], CALIBRATION_EVAL).to(device)
-    return {"train": speeds, "eval": measure_eval(base, val, device), "load_s": load_s}
+    return {"train": speeds, "eval": measure_eval(base, val, device), "load_s": load_s, "pid": os.getpid()}
+
+
+def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> list[dict]:
+    """What each of `tasks` calibration tasks measured, run at once with one trial's resources.
+    GPU tasks never share a worker (resources.task_resources: max_calls=1)."""
+    import ray
+
+    from tuner.resources import task_resources
+
+    options = task_resources(cpu_per_trial, gpu_per_trial, "calibration")
+    remote = ray.remote(**options, max_retries=0)(calibration_task)
+    try:
+        return ray.get([remote.remote(data_dir, base, cpu_per_trial) for _ in range(tasks)])
+    except ray.exceptions.RayTaskError as err:  # e.g. a GPU share on a torch without CUDA
+        raise ValueError(f"calibration failed: {getattr(err, 'cause', None) or err}") from None
 
 
 def calibrate(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> Throughput:
     """Run `tasks` calibration tasks at once, each with one trial's resources; their mean speed."""
-    import ray
-
-    remote = ray.remote(calibration_task).options(num_cpus=cpu_per_trial, num_gpus=gpu_per_trial,
-                                                  max_retries=0)
-    try:
-        found = ray.get([remote.remote(data_dir, base, cpu_per_trial) for _ in range(tasks)])
-    except ray.exceptions.RayTaskError as err:  # e.g. a GPU share on a torch without CUDA
-        raise ValueError(f"calibration failed: {getattr(err, 'cause', None) or err}") from None
+    found = calibration_runs(data_dir, base, cpu_per_trial, gpu_per_trial, tasks)
     return Throughput(train={b: statistics.fmean(r["train"][b] for r in found) for b in BATCH_SIZES},
                       eval=statistics.fmean(r["eval"] for r in found),
                       load_s=max(r["load_s"] for r in found))

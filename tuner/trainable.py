@@ -11,8 +11,8 @@ import torch
 from ray import tune
 
 from mnist_net.config import TrainConfig
-from mnist_net.engine import Training, build_training, fit
-from tuner.resources import worker_device, worker_splits
+from mnist_net.engine import Training, build_training, cpu_state, fit
+from tuner.resources import explain_oom, worker_device, worker_splits
 
 CHECKPOINT_FILE = "state.pt"
 REPORTED = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s",
@@ -41,7 +41,9 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
     epochs since, and Ray numbers them again from the checkpoint's epoch.
     """
     cfg = to_train_config(config, base)
-    device = worker_device(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
+    asked = tune.get_context().get_trial_resources().required_resources
+    device = worker_device(asked.get("CPU", 1))
+    share = asked.get("GPU", 0) or 1.0  # its part of the GPU's memory (engine.gpu_chunk_images)
     splits = worker_splits(data_dir)
     train = splits["train"].subset(cfg.train_size, cfg.seed).to(device)
     val = splits["val"].subset(cfg.eval_size, cfg.seed).to(device)
@@ -61,7 +63,11 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
         end = time.perf_counter()
         policy.saved(end - start, end)
 
-    fit(cfg, train, val, device=device, training=training, start_epoch=start_epoch, callback=report)
+    try:
+        fit(cfg, train, val, device=device, training=training, start_epoch=start_epoch, callback=report,
+            memory_share=share)
+    except torch.OutOfMemoryError as err:  # one line naming --gpus-per-trial, not a page of allocator stats
+        raise explain_oom(err, asked.get("GPU", 0)) from None
 
 
 @dataclass
@@ -85,8 +91,10 @@ class CheckpointPolicy:
 
 
 def save_state(folder: str, training: Training, epoch: int, cfg: TrainConfig) -> None:
-    """Everything the next epoch needs: weights, momentum, lr schedule, epoch and the CPU RNG."""
-    state = {**training.state_dict(), "epoch": epoch, "seed": cfg.seed,
+    """Everything the next epoch needs: weights, momentum, lr schedule (and fp16 loss scale), epoch
+    and the CPU RNG; all on the CPU, so a plain torch.load works on a machine without a GPU. The
+    copy costs one device-to-host transfer of ~5 MB (bench/gpu.sh times it, section 2)."""
+    state = {**cpu_state(training.state_dict()), "epoch": epoch, "seed": cfg.seed,
              "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()}
     torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
 
