@@ -31,7 +31,8 @@ def connect(address: str | None, dashboard: bool = False) -> None:
 
     Joining checks the address first, each step bounded (about 20 s in all), because ray.init
     retries an address that is not a GCS for many minutes: a URL, nothing listening, an HTTP
-    server (the dashboard's port), something that is not Ray's GCS, a missing or wrong token.
+    server (the dashboard's port), something that is not Ray's GCS, a missing or wrong token,
+    "auto" naming a dead cluster, no Ray node on this machine; for ray://, nothing listening.
     """
     import ray
 
@@ -42,8 +43,12 @@ def connect(address: str | None, dashboard: bool = False) -> None:
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="WARNING")
         return
-    if address != "auto" and not address.startswith("ray://"):  # ray:// is Ray Client: its own checks
+    if address.startswith("ray://"):
+        check_client_address(address)
+    else:
+        address = resolve_auto(address)
         check_gcs_address(address)
+        check_local_node(address)
     speak_token_auth()
     try:
         ray.init(address=address, logging_level="WARNING")
@@ -91,6 +96,52 @@ def check_gcs_address(address: str) -> None:
         raise ConnectionError(f"{address} is an HTTP server (Ray's dashboard listens on 8265), not Ray's "
                               "GCS port (default 6379); use the address `ray start --head` printed")
     probe_gcs(address)
+
+
+def resolve_auto(address: str) -> str:
+    """"auto" -> the host:port Ray would pick ($RAY_ADDRESS, else the last cluster started here,
+    from /tmp/ray/ray_current_cluster), so the checks below see the address ray.init will use: a
+    stale cluster file names a dead GCS that ray.init would retry for minutes."""
+    if address != "auto":
+        return address
+    from ray._private import services
+
+    try:
+        found = services.get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise ConnectionError("--address auto: no Ray cluster runs on this machine; start one with "
+                              "`ray start --head`, or give its host:port") from None
+    return found if found and found != "auto" else address
+
+
+def check_local_node(address: str) -> None:
+    """A driver joins a cluster through a Ray node on its own machine: without one, ray.init looks
+    for a local raylet for 60 s and then fails. Say so at once."""
+    try:
+        from ray._private.services import find_node_ids
+        local = find_node_ids()
+    except (ImportError, AttributeError, OSError):  # a Ray without this private helper: ray.init decides
+        return
+    if not local:
+        raise ConnectionError(f"the Ray cluster at {address} answers, but this machine runs no Ray node: run "
+                              f"`ray start --address={address}` here first, run the search on a cluster node, "
+                              "or use Ray Client (--address ray://HOST:10001)")
+
+
+def check_client_address(address: str) -> None:
+    """ray:// (Ray Client): something must listen at host:port (default 10001) within
+    CONNECT_TIMEOUT_S; the client's own handshake then has its bounded retries."""
+    host, _, port = address[len("ray://"):].rpartition(":")
+    if not host:
+        host, port = address[len("ray://"):], "10001"
+    if not port.isdigit():
+        raise ConnectionError(f"--address {address!r} is not ray://host:port (e.g. ray://10.0.0.1:10001)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConnectionError(f"no Ray Client server answers at {address} ({err.strerror or err}); "
+                              "start the cluster's head with `ray start --head` (it serves ray:// on "
+                              "port 10001)") from None
 
 
 def speak_token_auth() -> None:
