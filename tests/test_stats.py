@@ -83,18 +83,77 @@ def test_compare_picks_the_method_by_seed_count():
     assert pooled["ci_low_pp"] < 0.5 < pooled["ci_high_pp"] and pooled["ci_low_pp"] > 0
 
 
-def comparison(low, high, mean, pvalues):
-    return {"ci_low_pp": low, "ci_high_pp": high, "mean_diff_pp": mean, "confidence": 0.95,
-            "mcnemar": [{"pvalue": p} for p in pvalues]}
+def comparison(low, high, mean, pvalues, diffs=None, method="paired t over seeds (scipy.stats.ttest_rel)"):
+    diffs = diffs if diffs is not None else [mean] * len(pvalues)
+    return {"ci_low_pp": low, "ci_high_pp": high, "mean_diff_pp": mean, "confidence": 0.95, "ci_method": method,
+            "diff_pp": diffs, "mcnemar": [{"pvalue": p, "diff_pp": d} for p, d in zip(pvalues, diffs, strict=True)]}
 
 
-def test_verdict_lines():
-    assert stats.verdict(comparison(1.2, 2.4, 1.8, [1e-5, 2e-4, 1e-6]), 2, 60_000) == (
-        "best beats the seed's config by 1.80 pp on test (95 % CI 1.20–2.40, McNemar p < 0.001 for each "
-        "seed) at 2 epochs on 60k images, 3 seeds")
-    assert stats.verdict(comparison(-0.5, -0.1, -0.3, [0.02]), 20, 60_000) == (
-        "the seed's config beats best by 0.30 pp on test (95 % CI 0.10–0.50, McNemar p = 0.02) at 20 epochs "
-        "on 60k images, 1 seed")
-    line = stats.verdict(comparison(-0.29, 0.54, 0.13, [0.57, 0.3]), 1, 1024)
-    assert line == ("no significant difference on test (best - seed's config +0.13 pp, 95 % CI -0.29 to 0.54, "
+def built(gains: list[tuple[int, int]]) -> dict:
+    """stats.compare on constructed predictions: per seed, (b, c) discordant images."""
+    runs = [paired(b, c, 9_700, seed=s) for s, (b, c) in enumerate(gains)]
+    return stats.compare([r[0] for r in runs], [r[1] for r in runs])
+
+
+def test_outcome_better_across_seeds_needs_a_t_interval_that_excludes_zero():
+    c = built([(60, 20), (70, 20), (80, 20)])  # +0.4, +0.5, +0.6 pp: t over 3 seeds excludes 0
+    assert c["ci_low_pp"] > 0 and stats.outcome(c) == "better"
+    line = stats.verdict(c, 4, 50_000, ("the confirmed winner (trial 7)", "the seed's config"))
+    assert line.startswith("the confirmed winner (trial 7) beats the seed's config by 0.50 pp on test across seeds")
+    assert line.endswith("at 4 epochs on 50k images, 3 seeds")
+    worse = built([(20, 60), (20, 70), (20, 80)])
+    assert stats.outcome(worse) == "worse"
+    assert stats.verdict(worse, 4, 50_000).startswith("the seed's config beats best by 0.50 pp on test across seeds")
+
+
+def test_outcome_every_seed_but_too_few_says_how_many_seeds_would_decide():
+    # the issue's case: +1.49 and +1.94 pp on 2 seeds, McNemar p < 1e-20 each; t over 2 seeds (1 df) includes 0
+    c = built([(200, 51), (230, 36)])
+    assert c["ci_low_pp"] < 0 < c["ci_high_pp"]
+    assert stats.outcome(c) == "better_on_every_seed"
+    need = stats.seeds_to_decide(c["diff_pp"])
+    diffs = np.array(c["diff_pp"])
+    # the smallest n whose t interval, with this mean and spread, excludes 0; checked against scipy
+    assert sp.t.ppf(0.975, need - 1) * diffs.std(ddof=1) / math.sqrt(need) < diffs.mean()
+    assert sp.t.ppf(0.975, need - 2) * diffs.std(ddof=1) / math.sqrt(need - 1) >= diffs.mean()
+    line = stats.verdict(c, 2, 60_000)
+    assert line.startswith("best beats the seed's config on every seed (+1.49, +1.94 pp per seed, McNemar p < 0.001")
+    assert f"but 2 seeds are too few to generalise: about {need} seeds would decide it (--seeds {need})" in line
+    one = built([(200, 51)])  # one seed: no spread known
+    assert stats.outcome(one) == "better_on_every_seed" and stats.seeds_to_decide(one["diff_pp"]) is None
+    assert "1 seed is too few to generalise: --seeds 3 or more would give an interval" in stats.verdict(one, 2, 60_000)
+    assert stats.outcome(built([(51, 200), (36, 230)])) == "worse_on_every_seed"
+
+
+def test_outcome_seeds_disagree_when_significant_both_ways():
+    c = built([(200, 50), (50, 200), (60, 60)])
+    assert stats.outcome(c) == "disagree"
+    line = stats.verdict(c, 4, 50_000)
+    assert line.startswith("the seeds disagree: best - the seed's config +1.50, -1.50, +0.00 pp per seed")
+    assert "neither config is better" in line
+
+
+def test_outcome_no_difference():
+    c = built([(30, 25), (28, 30), (31, 27)])
+    assert stats.outcome(c) == "no_difference"
+    assert stats.verdict(c, 20, 60_000).startswith("no significant difference on test (best - the seed's config ")
+    # one significant seed and two that are not: no claim either way
+    assert stats.outcome(comparison(-0.1, 0.9, 0.4, [0.001, 0.4, 0.3], [1.0, 0.1, 0.1])) == "no_difference"
+    # a bootstrap interval (one seed) never speaks "across seeds", even when it excludes 0
+    one = comparison(0.1, 0.5, 0.3, [0.2], method="paired bootstrap over test images")
+    assert stats.outcome(one) == "no_difference"
+
+
+def test_verdict_formats_p_values_and_budget():
+    line = stats.verdict(comparison(-0.29, 0.54, 0.13, [0.57, 0.3], [0.3, -0.04]), 1, 1024)
+    assert line == ("no significant difference on test (best - the seed's config +0.13 pp, 95 % CI -0.29 to 0.54, "
                     "McNemar p = 0.57, 0.3 per seed) at 1 epoch on 1,024 images, 2 seeds")
+
+
+def test_kendall_tau_is_scipy_and_nan_below_two_configs():
+    proxy, confirmed = [98.9, 98.8, 98.7, 73.2], [99.0, 99.1, 98.6, 99.2]
+    got = stats.kendall_tau(proxy, confirmed)
+    ref = sp.kendalltau(proxy, confirmed)
+    assert (got["tau"], got["pvalue"], got["configs"]) == pytest.approx((ref.statistic, ref.pvalue, 4))
+    assert stats.kendall_tau([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])["tau"] == pytest.approx(1.0)
+    assert math.isnan(stats.kendall_tau([1.0], [2.0])["tau"])

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from mnist_net import files
 
-# A machine with no GPU and no budget flag: the whole command (search + retrain) is planned to
+# A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
 DEFAULT_TIME_BUDGET_S = 20 * 60
 SMOKE = {"num_samples": 4, "max_epochs": 2, "train_size": 512, "eval_size": 500,
-         "retrain_seeds": 1, "retrain_epochs": 1, "retrain_train_size": 1024}
+         "confirm_top": 2, "confirm_seeds": 1, "confirm_epochs": 1, "confirm_train_size": 1024}
+DEFAULT_CONFIRM_TOP = 3
 # The smoke search's trials 2 and 3, after the seed's config: one that learns within its first
 # 512-image epoch (20-30 % val after it, bf16 or fp32 CPU) and one that cannot (one step a
 # epoch at lr 0.001: chance). ASHA then has a trial below the median on any machine.
@@ -23,7 +24,10 @@ SMOKE_POINTS = [{"lr": 0.05, "momentum": 0.9, "batch_size": 32},
 # "full": the defaults (or the fidelity flags given); "time": fidelity planned to --time-budget;
 # "smoke": the tiny test preset.
 BUDGETS = ("full", "time", "smoke")
-BUDGET_FLAGS = ("max_epochs", "train_size", "eval_size", "retrain_seeds", "retrain_epochs")
+BUDGET_FLAGS = ("max_epochs", "train_size", "eval_size", "confirm_seeds", "confirm_epochs", "confirm_train_size")
+# Names an older search_settings.json used: a --resume of it still loads.
+RENAMED = {"retrain_seeds": "confirm_seeds", "retrain_epochs": "confirm_epochs",
+           "retrain_train_size": "confirm_train_size"}
 
 
 def grace_period_for(max_epochs: int) -> int:
@@ -46,9 +50,10 @@ class SearchSettings:
     max_concurrent: int | None = None  # None = as many as the resources fit
     gpus_per_trial: float | None = None  # None = resources.DEFAULT_GPU_SHARE when GPUs exist
     cpus_per_trial: int | None = None
-    retrain_seeds: int = 3
-    retrain_epochs: int | None = None  # None = max_epochs
-    retrain_train_size: int | None = None  # None = all 60k (only the smoke test shrinks it)
+    confirm_top: int | None = None  # K configs of the search to confirm; None = DEFAULT_CONFIRM_TOP, at most N
+    confirm_seeds: int = 3
+    confirm_epochs: int | None = None  # None = max_epochs
+    confirm_train_size: int | None = None  # images of the 50k train split per confirm run; None = all
     budget: str = "full"  # one of BUDGETS
     time_budget_s: float | None = None  # --time-budget: the whole command's wall-clock budget
     # With a time budget: what the planner measured and chose (throughput, level, prediction) and
@@ -57,12 +62,12 @@ class SearchSettings:
     checkpoint_every: int | None = None  # epochs between trial checkpoints; None = auto (trainable)
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "max_epochs", "retrain_seeds"):
+        for name in ("num_samples", "max_epochs", "confirm_seeds"):
             value = getattr(self, name)
             if not (_is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("train_size", "eval_size", "max_concurrent", "cpus_per_trial",
-                     "retrain_epochs", "retrain_train_size", "checkpoint_every"):
+                     "confirm_top", "confirm_epochs", "confirm_train_size", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -81,8 +86,12 @@ class SearchSettings:
         if (self.budget == "time" and t is None) or (self.budget == "full" and t is not None):
             raise ValueError(f"budget {self.budget!r} with time_budget_s {t!r}: a time budget plans "
                              "the fidelity (budget 'time') or stops the smoke preset")
-        if self.train_size is not None and self.train_size > 50_000:
-            raise ValueError(f"train_size {self.train_size} exceeds the 50,000-image train split")
+        if self.confirm_top is not None and self.confirm_top > self.num_samples:
+            raise ValueError(f"confirm_top {self.confirm_top} exceeds num_samples {self.num_samples}: the "
+                             "search cannot have more configs to confirm than trials")
+        for name in ("train_size", "confirm_train_size"):
+            if (getattr(self, name) or 0) > 50_000:
+                raise ValueError(f"{name} {getattr(self, name)} exceeds the 50,000-image train split")
         if self.eval_size is not None and self.eval_size > 10_000:
             raise ValueError(f"eval_size {self.eval_size} exceeds the 10,000-image val split")
 
@@ -93,6 +102,11 @@ class SearchSettings:
     @property
     def reduction_factor(self) -> int:
         return reduction_factor_for(self.max_epochs)
+
+    @property
+    def top(self) -> int:
+        """The configs of the search the confirm stage takes (besides the seed's)."""
+        return self.confirm_top or min(DEFAULT_CONFIRM_TOP, self.num_samples)
 
     @property
     def search_time_budget_s(self) -> float | None:
@@ -108,7 +122,8 @@ class SearchSettings:
     @classmethod
     def load(cls, path: Path) -> SearchSettings:
         try:
-            return cls(**json.loads(path.read_text()))
+            saved = json.loads(path.read_text())
+            return cls(**{RENAMED.get(k, k): v for k, v in saved.items()})
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"cannot read the saved search settings {path}: {err}") from None
 

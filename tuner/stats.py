@@ -94,17 +94,81 @@ def _interval(low: float, high: float) -> str:
     return f"{low:.2f}–{high:.2f}" if low >= 0 else f"{low:.2f} to {high:.2f}"  # "-0.29–0.54" misreads
 
 
-def verdict(comparison: dict, epochs: int, train_images: int) -> str:
-    """One line: who wins by how much, the CI and McNemar, and at which budget."""
+ALPHA = 0.05  # per-seed McNemar level
+MAX_SEEDS_SUGGESTED = 50
+OUTCOMES = ("better", "worse", "better_on_every_seed", "worse_on_every_seed", "disagree", "no_difference")
+
+
+def outcome(comparison: dict) -> str:
+    """Which of the four things the comparison says (A = the first config, B = the second).
+
+    Only a t interval over seeds speaks for seeds not run; per-seed McNemar speaks for these seeds.
+    """
+    low, high = comparison["ci_low_pp"], comparison["ci_high_pp"]
+    if comparison.get("ci_method", "").startswith("paired t") and math.isfinite(low):
+        if low > 0:
+            return "better"
+        if high < 0:
+            return "worse"
+    tests = comparison["mcnemar"]
+    up = sum(m["pvalue"] < ALPHA and m["diff_pp"] > 0 for m in tests)
+    down = sum(m["pvalue"] < ALPHA and m["diff_pp"] < 0 for m in tests)
+    if up and down:
+        return "disagree"
+    if up == len(tests):
+        return "better_on_every_seed"
+    if down == len(tests):
+        return "worse_on_every_seed"
+    return "no_difference"
+
+
+def seeds_to_decide(diffs: list[float], confidence: float = CONFIDENCE) -> int | None:
+    """The fewest seeds whose t interval would exclude 0 if the per-seed differences kept their mean
+    and spread; None when the spread is unknown (one seed, or identical differences)."""
+    if len(diffs) < 2 or np.ptp(diffs) == 0:
+        return None
+    mean, sd = abs(float(np.mean(diffs))), float(np.std(diffs, ddof=1))
+    for n in range(len(diffs) + 1, MAX_SEEDS_SUGGESTED + 1):
+        if stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) < mean:
+            return n
+    return None
+
+
+def kendall_tau(proxy: list[float], confirmed: list[float]) -> dict:
+    """How well the search's proxy ranked the confirmed configs: Kendall's tau (scipy), its p."""
+    if len(proxy) < 2:
+        return {"tau": math.nan, "pvalue": math.nan, "configs": len(proxy)}
+    res = stats.kendalltau(proxy, confirmed)
+    return {"tau": float(res.statistic), "pvalue": float(res.pvalue), "configs": len(proxy)}
+
+
+def _per_seed(comparison: dict) -> str:
+    return ", ".join(f"{d:+.2f}" for d in comparison["diff_pp"]) + " pp"  # A - B
+
+
+def verdict(comparison: dict, epochs: int, train_images: int, names: tuple[str, str] = ("best", "the seed's config")
+            ) -> str:
+    """One line: which of the four outcomes, by how much, the numbers behind it, and at which budget."""
     low, high, mean = comparison["ci_low_pp"], comparison["ci_high_pp"], comparison["mean_diff_pp"]
     seeds = len(comparison["mcnemar"])
+    a, b = names
     pct = int(round(100 * comparison["confidence"]))
     p = _pvalues([m["pvalue"] for m in comparison["mcnemar"]])
     at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images(train_images)} images, {seeds} seed{'s' * (seeds != 1)}"
-    if math.isfinite(low) and low > 0:
-        return f"best beats the seed's config by {mean:.2f} pp on test ({pct} % CI {_interval(low, high)}, {p}) {at}"
-    if math.isfinite(high) and high < 0:
-        return (f"the seed's config beats best by {-mean:.2f} pp on test ({pct} % CI {_interval(-high, -low)}, "
-                f"{p}) {at}")
-    return (f"no significant difference on test (best - seed's config {mean:+.2f} pp, {pct} % CI "
+    kind = outcome(comparison)
+    if kind == "better":
+        return f"{a} beats {b} by {mean:.2f} pp on test across seeds ({pct} % CI {_interval(low, high)}, {p}) {at}"
+    if kind == "worse":
+        return f"{b} beats {a} by {-mean:.2f} pp on test across seeds ({pct} % CI {_interval(-high, -low)}, {p}) {at}"
+    if kind in ("better_on_every_seed", "worse_on_every_seed"):
+        winner, loser = (a, b) if kind == "better_on_every_seed" else (b, a)
+        need = seeds_to_decide(comparison["diff_pp"])
+        decide = (f"about {need} seeds would decide it (--seeds {need})" if need else
+                  f"--seeds {max(3, seeds + 1)} or more would give an interval across seeds")
+        return (f"{winner} beats {loser} on every seed ({_per_seed(comparison)} per seed, {p}), but {seeds} "
+                f"seed{'s are' if seeds != 1 else ' is'} too few to generalise: {decide}; {at}")
+    if kind == "disagree":
+        return (f"the seeds disagree: {a} - {b} {_per_seed(comparison)} per seed ({p}), significant both ways; "
+                f"neither config is better {at}")
+    return (f"no significant difference on test ({a} - {b} {mean:+.2f} pp, {pct} % CI "
             f"{_interval(low, high)}, {p}) {at}")

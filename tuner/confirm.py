@@ -1,0 +1,199 @@
+"""The confirm stage: the search's top K configs and the seed's config, trained with the same seeds
+at one recipe as Ray tasks; the winner is chosen on val, then compared with the seed's config on test.
+
+Which images each part reads (recipe.train_split "train", the default):
+- trains on the 50k train split (or recipe.train_size of it, drawn per seed);
+- selects the winner on the whole 10k val split (the last epoch's val_acc, mean over seeds);
+- tests every run once on the 10k test split, after training: the paired verdict reads only that.
+recipe.train_split "train+val" is the seed's own recipe (all 60k): nothing is left to select on, so
+it takes exactly one config besides the seed's (`tuner.retrain --config`); its per-epoch curves are
+on test, as the seed logged them, and choose nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from tuner import stats
+from tuner.space import METRIC, PARAMS, SEED_CONFIG
+
+SEED_LABEL = "seed_config"
+OK_STATUS = ("finished", "stopped")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str  # "seed_config", or "trial 21"
+    config: dict  # the searched hyperparameters only
+    proxy_val_acc: float | None = None  # the search's score: its best val_acc at the search's fidelity
+    trial_id: str | None = None
+
+    @property
+    def is_seed(self) -> bool:
+        return self.label == SEED_LABEL
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seeds: int
+    epochs: int
+    train_size: int | None = None  # None = the whole split
+    train_split: str = "train"  # or "train+val": the seed's 60k, no selection
+
+    def __post_init__(self) -> None:
+        if self.train_split not in ("train", "train+val"):
+            raise ValueError(f"train_split must be 'train' or 'train+val', got {self.train_split!r}")
+        if min(self.seeds, self.epochs, self.train_size or 1) < 1:
+            raise ValueError(f"a recipe needs positive seeds, epochs and images, got {self}")
+
+    @property
+    def selects(self) -> bool:
+        return self.train_split == "train"
+
+    def images(self, split_size: int) -> int:
+        return min(self.train_size or split_size, split_size)
+
+    def describe(self, split_size: int) -> str:
+        return (f"{self.seeds} seed(s) x {self.epochs} epoch(s) on {self.images(split_size):,} images of "
+                f"{self.train_split}" + ("; winner chosen on val, verdict on test" if self.selects else ""))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(math.isclose(float(a[p]), float(b[p]), rel_tol=1e-9) for p in PARAMS)
+
+
+def candidates(trials: pd.DataFrame, top: int) -> list[Candidate]:
+    """The `top` best distinct configs of a search's trials.csv (by their proxy score, ties to the
+    earlier trial), then the seed's config with its own proxy score when the search ran it."""
+    ok = trials[trials["status"].isin(OK_STATUS) & trials["best_val_acc"].notna()]
+    ok = ok.sort_values(["best_val_acc", "trial"], ascending=[False, True], kind="stable")
+    chosen: list[Candidate] = []
+    seed_score = None
+    for row in ok.itertuples():
+        config = {p: _native(getattr(row, p)) for p in PARAMS}
+        if _same(config, SEED_CONFIG):
+            seed_score = seed_score if seed_score is not None else float(row.best_val_acc)
+        elif len(chosen) < top and not any(_same(config, c.config) for c in chosen):
+            chosen.append(Candidate(f"trial {row.trial}", config, float(row.best_val_acc), str(row.trial_id)))
+    if not chosen:
+        raise ValueError("the search has no finished trial besides the seed's config to confirm")
+    return chosen + [Candidate(SEED_LABEL, dict(SEED_CONFIG), seed_score)]
+
+
+def _native(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """One candidate's runs (one per seed, in seed order) as the report's lists and means."""
+    def mean(key):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    tests = [r["test_acc"] for r in runs]
+    return {"seeds": [r["seed"] for r in runs], "val_acc": [r.get("val_acc") for r in runs],
+            "val_acc_mean": mean("val_acc"), "test_acc": tests, "test_acc_mean": statistics.fmean(tests),
+            "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+            "diverged": [r["diverged"] for r in runs], "seconds": [round(r["seconds"], 1) for r in runs],
+            "epochs_history": [r["epochs_history"] for r in runs], "device": [r["device"] for r in runs],
+            "host": [r["host"] for r in runs]}
+
+
+def select(cands: list[Candidate], summaries: dict[str, dict]) -> tuple[Candidate, Candidate, str]:
+    """(winner, challenger, why): the winner has the best mean val_acc over seeds (diverged runs score
+    chance); the challenger is the best searched config, which the verdict compares with the seed's."""
+    searched = [c for c in cands if not c.is_seed]
+    if len(searched) == 1 and not summaries[searched[0].label]["val_acc_mean"]:
+        return searched[0], searched[0], "one config besides the seed's: nothing to select"
+    score = {c.label: summaries[c.label]["val_acc_mean"] for c in cands}
+    winner = max(cands, key=lambda c: score[c.label])  # max keeps the first of equals: the proxy's order
+    challenger = max(searched, key=lambda c: score[c.label])
+    seeds = len(summaries[winner.label]["val_acc"])
+    why = (f"highest mean {METRIC} over {seeds} seed(s) on the whole val split: {score[winner.label]:.2f}% ("
+           + ", ".join(f"{c.label} {score[c.label]:.2f}" for c in cands if c is not winner) + ")")
+    return winner, challenger, why
+
+
+def ranking(cands: list[Candidate], summaries: dict[str, dict], winner: Candidate) -> tuple[dict, list[str]]:
+    """Kendall's tau between the proxy's and the confirmation's scores of the configs, and warnings."""
+    scored = [c for c in cands if c.proxy_val_acc is not None and summaries[c.label]["val_acc_mean"] is not None]
+    proxy = [c.proxy_val_acc for c in scored]
+    confirmed = [summaries[c.label]["val_acc_mean"] for c in scored]
+    rank = {**stats.kendall_tau(proxy, confirmed), "labels": [c.label for c in scored],
+            "proxy_val_acc": proxy, "confirmed_val_acc": confirmed}
+    warnings = []
+    if math.isfinite(rank["tau"]) and rank["tau"] < 0:
+        warnings.append(f"the proxy ranked these configs against the confirmation (Kendall tau {rank['tau']:.2f}): "
+                        "its pick is not to be trusted; raise the search's fidelity")
+    seed = next(c for c in cands if c.is_seed)
+    best_proxy = max((c for c in scored if not c.is_seed), key=lambda c: c.proxy_val_acc, default=None)
+    if (winner.is_seed and seed.proxy_val_acc is not None and best_proxy is not None
+            and seed.proxy_val_acc < best_proxy.proxy_val_acc):
+        warnings.append(f"the search scored the seed's config below {best_proxy.label} ({seed.proxy_val_acc:.2f} vs "
+                        f"{best_proxy.proxy_val_acc:.2f}% val), but confirmation ranks it first: the proxy "
+                        "penalises it")
+    return rank, warnings
+
+
+def verdict_names(winner: Candidate, challenger: Candidate) -> tuple[str, str]:
+    role = "the confirmed winner" if winner is challenger else "the best searched"
+    return f"{role} ({challenger.label})", "the seed's config"
+
+
+def compare(challenger: Candidate, seed: Candidate, runs: dict[str, list[dict]], test_labels: np.ndarray,
+            recipe: Recipe, train_images: int, names: tuple[str, str]) -> dict:
+    correct = {c.label: [r["predictions"] == test_labels for r in runs[c.label]] for c in (challenger, seed)}
+    comparison = stats.compare(correct[challenger.label], correct[seed.label])
+    comparison["outcome"] = stats.outcome(comparison)
+    comparison["verdict"] = stats.verdict(comparison, recipe.epochs, train_images, names)
+    return comparison
+
+
+def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.ndarray, recipe: Recipe,
+           train_images: int) -> dict:
+    """Everything retrain.json records: per config and seed, the winner and why, tau, the verdict."""
+    summaries = {c.label: summarize_runs(runs[c.label]) for c in cands}
+    winner, challenger, why = select(cands, summaries)
+    seed = next(c for c in cands if c.is_seed)
+    rank, warnings = ranking(cands, summaries, winner) if recipe.selects else ({}, [])
+    if winner.is_seed:
+        warnings.append(f"no searched config beat the seed's config on val; the verdict compares the best "
+                        f"searched ({challenger.label}) with it")
+    names = verdict_names(winner, challenger)
+    entry = {c.label: {"label": c.label, "config": c.config, "proxy_val_acc": c.proxy_val_acc,
+                       "trial_id": c.trial_id, **summaries[c.label]} for c in cands}
+    return {
+        "epochs": recipe.epochs, "seeds": summaries[seed.label]["seeds"], "recipe": asdict(recipe),
+        "candidates": [entry[c.label] for c in cands],
+        "winner": {"label": winner.label, "config": winner.config, "why": why},
+        "best": entry[challenger.label], SEED_LABEL: entry[seed.label],
+        "comparison": compare(challenger, seed, runs, test_labels, recipe, train_images, names),
+        "ranking": rank, "warnings": warnings,
+        "budget": {"epochs": recipe.epochs, "train_images": train_images, "train_split": recipe.train_split,
+                   "select_images": 10_000 if recipe.selects else 0, "test_images": len(test_labels),
+                   "seeds": recipe.seeds},
+    }
+
+
+def lines(rep: dict) -> list[str]:
+    """What the stage prints at its end: each config's scores, tau, warnings, the winner, the verdict."""
+    out = []
+    for c in rep["candidates"]:
+        proxy = f"proxy {c['proxy_val_acc']:.2f}%" if c["proxy_val_acc"] is not None else "proxy -"
+        val = f"val {c['val_acc_mean']:.2f}%, " if c["val_acc_mean"] is not None else ""
+        cfg = c["config"]
+        out.append(f"  {c['label']:<12} lr {cfg['lr']:.4g}, momentum {cfg['momentum']:.3f}, batch "
+                   f"{cfg['batch_size']}: {proxy} -> {val}test {c['test_acc_mean']:.2f} ± {c['test_acc_std']:.2f}%")
+    rank = rep["ranking"]
+    if rank and math.isfinite(rank["tau"]):
+        out.append(f"proxy vs confirmation ranking of {rank['configs']} configs: Kendall tau {rank['tau']:+.2f} "
+                   f"(p = {rank['pvalue']:.2g})")
+    out += [f"warning: {w}" for w in rep["warnings"]]
+    out.append(f"confirmed winner: {rep['winner']['label']} ({rep['winner']['why']})")
+    out.append(rep["comparison"]["verdict"])
+    return out

@@ -1,0 +1,120 @@
+"""The confirm stage's runs: one Ray task per (config, seed), each saved as soon as it ends.
+
+A run already saved for the same config, seed and recipe is read back instead of trained again, so
+a confirm stage that was interrupted, or is asked for more seeds (`--seeds 5` after 3), trains only
+what is missing. Saved: <out>/runs/<key>.json (numbers, curves), .npy (test predictions, uint8),
+.pt (CPU weights, not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mnist_net import files
+from mnist_net.config import TrainConfig
+from mnist_net.data import eval_split_name
+from mnist_net.engine import build_training, fit, predict
+from mnist_net.runtime import autocast, autocast_dtype
+from tuner import resources
+from tuner.confirm import Candidate, Recipe
+from tuner.space import PARAMS
+
+
+def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int) -> dict:
+    """One run, as a Ray task: fit on the recipe's split, then predict the full test split once.
+
+    Returns plain data only (numbers, a uint8 array of test predictions, CPU tensors)."""
+    device = resources.worker_device(cpus)
+    splits = resources.worker_splits(data_dir)
+    cfg = TrainConfig.from_dict(dict(params), TrainConfig(
+        epochs=recipe.epochs, seed=seed, train_split=recipe.train_split, train_size=recipe.train_size))
+    train = splits[cfg.train_split].subset(cfg.train_size, seed).to(device)
+    evals = splits[eval_split_name(cfg.train_split)].to(device)  # the whole val (or, for 60k, test) split
+    start = time.perf_counter()
+    training = build_training(cfg, device)
+    history = fit(cfg, train, evals, device=device, training=training)
+    with autocast(device, autocast_dtype(device, cfg.precision)):
+        preds = predict(training.forward, splits["test"].to(device), channels_last=cfg.channels_last)
+    preds = preds.to(torch.uint8).cpu().numpy()
+    last = history.epochs[-1]
+    return {"seed": seed, "config": {p: getattr(cfg, p) for p in PARAMS},
+            "val_acc": last.get("val_acc"), "test_acc": 100.0 * float(np.mean(preds == splits["test"].labels.numpy())),
+            "diverged": history.diverged, "seconds": time.perf_counter() - start, "epochs_history": history.epochs,
+            "predictions": preds, "device": str(device), "host": os.uname().nodename,
+            "state_dict": {k: v.detach().cpu() for k, v in training.model.state_dict().items()}}
+
+
+class RunStore:
+    """Finished runs on disk, keyed by config, seed and recipe."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @staticmethod
+    def key(config: dict, seed: int, recipe: Recipe) -> str:
+        size = recipe.train_size or "all"
+        return (f"lr{config['lr']:.6g}_m{config['momentum']:.6g}_b{config['batch_size']}"
+                f"-{recipe.train_split}-{recipe.epochs}ep-{size}-seed{seed}")
+
+    def path(self, config: dict, seed: int, recipe: Recipe, suffix: str) -> Path:
+        return self.folder / (self.key(config, seed, recipe) + suffix)  # not with_suffix: the key has dots
+
+    def load(self, config: dict, seed: int, recipe: Recipe) -> dict | None:
+        try:
+            run = json.loads(self.path(config, seed, recipe, ".json").read_text())
+            run["predictions"] = np.load(self.path(config, seed, recipe, ".npy"))
+        except (OSError, ValueError):  # absent or partial: train it again
+            return None
+        return run
+
+    def weights(self, config: dict, seed: int, recipe: Recipe) -> Path:
+        return self.path(config, seed, recipe, ".pt")
+
+    def save(self, run: dict, recipe: Recipe) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        run = dict(run)
+        config, seed = run["config"], run["seed"]
+        state = run.pop("state_dict", None)
+        if state is not None:
+            with files.atomic_path(self.weights(config, seed, recipe)) as tmp:
+                torch.save(state, tmp)
+        with files.atomic_path(self.path(config, seed, recipe, ".npy")) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, run.pop("predictions"))
+        files.write_json(self.path(config, seed, recipe, ".json"), run)  # last: its presence means the run is whole
+
+
+def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Plan,
+            store: RunStore, progress: bool = True) -> dict[str, list[dict]]:
+    """Every (candidate, seed) run, read from the store or trained as Ray tasks submitted at once."""
+    import ray
+
+    runs = {(c.label, s): store.load(c.config, s, recipe) for c in cands for s in range(1, recipe.seeds + 1)}
+    missing = [(c, s) for c in cands for s in range(1, recipe.seeds + 1) if runs[(c.label, s)] is None]
+    task = ray.remote(run_one)
+    refs = {task.options(**resources.task_options(plan, f"confirm-{c.label.replace(' ', '')}-seed{s}")).remote(
+        dict(c.config), s, recipe, data_dir, plan.cpu_per_trial): (c, s) for c, s in missing}
+    bar = tqdm(total=len(runs), initial=len(runs) - len(missing), desc="confirm", unit="run", disable=not progress)
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            c, s = refs[done[0]]
+            run = ray.get(done[0])
+            store.save(run, recipe)
+            runs[(c.label, s)] = store.load(c.config, s, recipe)
+            bar.update(1)
+            bar.set_postfix_str(f"{c.label} seed {s}: val {run['val_acc'] or 0:.2f}%, {run['seconds']:.0f}s")
+    except BaseException:  # a failed run or Ctrl-C: the others are no longer wanted; saved runs stay
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+    return {c.label: [runs[(c.label, s)] for s in range(1, recipe.seeds + 1)] for c in cands}
