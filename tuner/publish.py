@@ -1,4 +1,4 @@
-"""Write what a finished search leaves in results/: best config, trial tables, study, plots."""
+"""Write what a finished search leaves in results/: best config, trial tables, the settled study, plots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mnist_net import files
 from mnist_net.runtime import provenance
-from tuner import extend, results
+from tuner import extend, results, study
 from tuner.resources import Plan
 from tuner.settings import SearchSettings
 from tuner.space import METRIC, MODE, PARAMS, SEED_CONFIG, space_record
@@ -23,8 +23,11 @@ def write_search_results(grid, settings: SearchSettings, plan: Plan, storage: st
         trials = mark_budget_stopped(trials, grid)
     results.write_csv(trials, summary_dir / "trials.csv")
     results.write_csv(epochs, summary_dir / "trial_epochs.csv")
-    study = results.build_study(trials, epochs, summary_dir / "study.db", name)
-    plots = results.write_plots(study, summary_dir)
+    study_db = summary_dir / study.FILE
+    # The live study (tuner.searcher) is settled; a search started before it existed gets one built.
+    optuna_study = (study.settle(study_db, name, trials) if study_db.is_file()
+                    else results.build_study(trials, epochs, study_db, name))
+    plots = results.write_plots(optuna_study, summary_dir)
     pool = trials if ext is None else ext.pool(trials, name)  # an extension: best over its parents' too
     row = results.best_trial(pool)
     seed_row = trials.iloc[0]  # points_to_evaluate makes the seed's config trial 1

@@ -1,4 +1,5 @@
-"""Read a finished search back from results/ for review (the notebook's data source)."""
+"""Read a search back from results/ for review (the notebook's data source): a finished one from its
+summary files, or one still running from its live study and Ray's trial files, without Ray."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from tuner.results import PLOTS
-from tuner.space import METRIC, PARAMS
+from tuner.settings import grace_period_for, reduction_factor_for
+from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR
 
 # Where `python -m tuner.retrain --epochs 20 --out results/full-recipe` (the README's full-recipe
 # check of the committed search's winner) leaves its retrain.json.
@@ -38,13 +42,18 @@ def missing_message(results: Path) -> str:
             "to produce one, then rerun this notebook.")
 
 
-def load(results: str | Path) -> Review | None:
-    """The latest finished search under `results` (via best_config.json), or None if there is none."""
+def load(results: str | Path, name: str | None = None) -> Review | None:
+    """The search `name` in `results` (finished or still running), or the latest finished one
+    (via best_config.json); None if there is none. Calling it again reads the files again."""
     results = Path(results)
+    if name is not None:
+        done = results / name / "best_config.json"
+        return finished(results, json.loads(done.read_text())) if done.is_file() else running(results, name)
     best_file = results / "best_config.json"
-    if not best_file.is_file():
-        return None
-    best = json.loads(best_file.read_text())
+    return finished(results, json.loads(best_file.read_text())) if best_file.is_file() else None
+
+
+def finished(results: Path, best: dict) -> Review:
     folder = results / best["experiment"]["summary_dir"]
     retrain_file = folder / "retrain.json"
     return Review(folder=folder, best=best, trials=pd.read_csv(folder / "trials.csv"),
@@ -52,11 +61,58 @@ def load(results: str | Path) -> Review | None:
                   retrain=json.loads(retrain_file.read_text()) if retrain_file.is_file() else None)
 
 
+def running(results: Path, name: str) -> Review | None:
+    """A search still running (or interrupted): its trials from Ray's files under results/ray/<name>
+    (params.json, result.json: one JSON line per epoch), its best so far as `best`."""
+    settings_file = results / name / "search_settings.json"
+    if not settings_file.is_file():
+        return None
+    settings = json.loads(settings_file.read_text())
+    trials, epochs = trial_files(results / "ray" / name, settings["max_epochs"])
+    search = {**settings, "grace_period": grace_period_for(settings["max_epochs"]),
+              "reduction_factor": reduction_factor_for(settings["max_epochs"]), "trials": len(trials)}
+    best = {"experiment": {"name": name, "summary_dir": name}, "search": search, "running": True,
+            "seed_config": dict(SEED_CONFIG), "config": None, METRIC: None}
+    ok = trials[trials["status"] != "diverged"].dropna(subset=["best_val_acc"]) if len(trials) else trials
+    if len(ok):
+        top = ok.loc[ok["best_val_acc"].idxmax()]
+        best.update({"config": {p: top[p] for p in PARAMS}, METRIC: float(top["best_val_acc"]),
+                     "epoch": int(top["best_epoch"]), "trial_id": top["trial_id"]})
+    return Review(folder=results / name, best=best, trials=trials, epochs=epochs, retrain=None)
+
+
+def trial_files(experiment: Path, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) as trials.csv and trial_epochs.csv hold them, status "running" for a trial
+    that has not ended; a line being written is skipped (it is complete at the next read)."""
+    rows, epochs = [], []
+    for n, trial_dir in enumerate(sorted(experiment.glob("*/params.json"), key=lambda p: p.stat().st_mtime)):
+        records = []
+        result_file = trial_dir.parent / "result.json"
+        for line in (result_file.read_text().splitlines() if result_file.is_file() else []):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        history = {int(r[TIME_ATTR]): r for r in records}  # a retried epoch: its last report
+        config = json.loads(trial_dir.read_text())
+        last = records[-1] if records else {}
+        status = ("diverged" if last.get("diverged") else "running" if not last.get("done")
+                  else "finished" if last.get(TIME_ATTR, 0) >= max_epochs else "stopped")
+        trial_id = last.get("trial_id") or trial_dir.parent.name
+        best_epoch = max(history, key=lambda e: history[e][METRIC]) if history else None
+        rows.append({"trial": n + 1, "trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
+                     "best_val_acc": history[best_epoch][METRIC] if history else None, "best_epoch": best_epoch,
+                     "epochs_run": len(history), "stopped_early": status == "stopped", "status": status})
+        epochs += [{"trial_id": trial_id, "epoch": e, METRIC: r[METRIC]} for e, r in sorted(history.items())]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS[:1] + ["trial_id"] + TABLE_COLUMNS[1:]), \
+        pd.DataFrame(epochs, columns=["trial_id", "epoch", METRIC])
+
+
 def full_recipe(review: Review, results: str | Path) -> Review | None:
     """The same search with its retrain swapped for the full-recipe one, when that one was run for
     this search's best config; else None. verdict, comparison_table and retrain_curves take it."""
     path = Path(results) / FULL_RECIPE_DIR / "retrain.json"
-    if not path.is_file():
+    if not path.is_file() or review.best.get("running"):
         return None
     full = json.loads(path.read_text())
     if full.get("best", {}).get("config") != {p: review.best["config"][p] for p in PARAMS}:
@@ -85,24 +141,51 @@ def optuna_figures(review: Review) -> list[Figure]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's matplotlib backend is marked experimental
         for fn in PLOTS.values():
-            ax = getattr(ovm, fn)(s)
+            try:
+                ax = getattr(ovm, fn)(s)
+            except (ValueError, RuntimeError) as err:  # a running study: e.g. importances need 2 complete trials
+                print(f"{fn}: not yet ({err})")
+                continue
             figures.append((ax.flat[0] if hasattr(ax, "flat") else ax).figure)
     return figures
 
 
+def _same(row, config: dict | None) -> bool:
+    return config is not None and all(abs(float(row[p]) - float(config[p])) < 1e-9 for p in PARAMS)
+
+
 def trial_curves(review: Review) -> Figure:
-    """val_acc per epoch for every trial; dotted lines mark ASHA's rungs."""
+    """Val error (100 - val_acc, log axis, so the leaders' 1-2 % spread is visible) per epoch for
+    every trial, coloured by batch size; the chosen config and the seed's config drawn thick and
+    labelled; dotted lines mark ASHA's rungs."""
     search = review.best["search"]
+    colours = dict(zip(BATCH_SIZES, plt.get_cmap("viridis")(np.linspace(0, 0.9, len(BATCH_SIZES))), strict=True))
     fig, ax = plt.subplots(figsize=(10, 5))
-    for _, group in review.epochs.groupby("trial_id", sort=False):
-        ax.plot(group["epoch"], group[METRIC], marker=".", alpha=0.7)
+    trials = review.trials.set_index("trial_id")
+    for trial_id, group in review.epochs.groupby("trial_id", sort=False):
+        row = trials.loc[trial_id]
+        error = 100 - group[METRIC].clip(upper=99.99)
+        ax.plot(group["epoch"], error, color=colours.get(int(row["batch_size"]), "gray"), alpha=0.6, lw=1)
+        for config, label, style in ((review.best.get("config"), "chosen", "-"), (SEED_CONFIG, "seed's config", "--")):
+            if _same(row, config):
+                ax.plot(group["epoch"], error, color="black", lw=2.5, ls=style, marker="o", ms=4,
+                        label=f"{label}: lr {row['lr']:.3g}, m {row['momentum']:.2f}, bs {int(row['batch_size'])}")
+    for batch, colour in colours.items():
+        ax.plot([], [], color=colour, label=f"batch {batch}")
     rung = search["grace_period"]
     while rung < search["max_epochs"]:
         ax.axvline(rung, color="gray", linestyle=":")
         rung *= search["reduction_factor"]
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{METRIC} (%)")
-    ax.set_title(f"{len(review.trials)} trials; dotted lines: ASHA rungs")
+    ax.set_ylabel(f"val error (100 - {METRIC}, %, log)")
+    ax.set_title(f"{len(review.trials)} trials{' so far' if review.best.get('running') else ''}; "
+                 "dotted lines: ASHA rungs")
+    ax.set_yticks([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if t >= ax.get_ylim()[0] / 2])
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
     return fig
 
 

@@ -18,7 +18,7 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
-from tuner import budget, cluster, extend, publish, resources
+from tuner import budget, cluster, extend, publish, resources, tracking, watch
 from tuner.results import NoFinishedTrial
 from tuner.settings import BUDGET_FLAGS, DEFAULT_TIME_BUDGET_S, SMOKE, SMOKE_POINTS, SearchSettings
 from tuner.space import METRIC, MODE, SEED_CONFIG, TIME_ATTR, param_space
@@ -67,6 +67,12 @@ def build_parser() -> Parser:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="existing Ray cluster host:port (default $RAY_ADDRESS; none = start a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
+    p.add_argument("--verbose", action="store_true", help="Ray's trial tables and Optuna's log instead of "
+                   "the one progress line")
+    p.add_argument("--mlflow", metavar="URI", type=tracking.uri_arg, help="also log to MLflow (extra [mlflow]): "
+                   "a parent run for the search, one nested run per trial; e.g. file:///tmp/mlruns or http://host:5000")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every trial checkpoint (default: "
+                   "a finished search keeps only the best trial's last and those a --resume would load)")
     p.add_argument("--smoke-test", action="store_true", help=f"tiny preset for tests: {SMOKE}, never "
                    "calibrated (with --time-budget, the budget is only the search's hard stop)")
     return p
@@ -178,6 +184,14 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     say(f"ASHA on {METRIC} ({MODE}) over epochs: max_t {settings.max_epochs}, grace period "
         f"{settings.grace_period}, reduction factor {settings.reduction_factor}")
     say(f"experiment {name}: Ray storage {storage}, summary {summary_dir}")
+    if args.resume:
+        try:
+            watch.check_resume(summary_dir, f"{storage}/{name}", name)
+        except ValueError as err:
+            cluster.disconnect()
+            say(f"error: {err}")
+            return 2
+    watching = watch.start(args, settings, plan, summary_dir, name)
     trainable = tune.with_resources(
         tune.with_parameters(train_s5, base=trial_base(settings), data_dir=data_dir(args),
                              checkpoint_every=settings.checkpoint_every),
@@ -191,7 +205,8 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
             tuner = tune.Tuner.restore(f"{storage}/{name}", trainable, resume_unfinished=True,
                                        resume_errored=True, param_space=param_space())
         else:
-            tuner = build_tuner(trainable, settings, plan, storage, name, ext.warm_start() if ext else None)
+            tuner = build_tuner(trainable, settings, plan, storage, name, ext.warm_start() if ext else None,
+                                summary_dir, watching.callbacks, args.verbose)
         grid = tuner.fit()
     except KeyboardInterrupt:
         grid = None
@@ -201,6 +216,7 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     by_budget = unfinished and hard_stop is not None and time.time() - start >= hard_stop
     if grid is None or (unfinished and not by_budget):
         say(f"search interrupted; its state is saved. Resume with: {resume}")
+        watching.end(None, interrupted=True)
         cluster.disconnect()
         return 130
     if by_budget:
@@ -218,6 +234,8 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
         say(f"error: {err}")
         cluster.disconnect()
         return 1
+    watching.end(best)
+    watch.tidy(grid, f"{storage}/{name}", best, args.keep_checkpoints)
     say(f"best: lr {best['config']['lr']:.4g}, momentum {best['config']['momentum']:.3f}, "
         f"batch {best['config']['batch_size']} -> {METRIC} {best[METRIC]:.2f}% "
         f"(epoch {best['epoch']}); seed config: {best['seed_config_val_acc']:.2f}%")
@@ -238,18 +256,30 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
 
 
 def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, storage: str, name: str,
-                warm: tuple[list[dict], list[float]] | None = None):
+                warm: tuple[list[dict], list[float]] | None = None, summary_dir: Path | None = None,
+                callbacks: list | None = None, verbose: bool = False):
+    """summary_dir: the Optuna study lives in <summary_dir>/study.db from the first trial (None: in
+    memory). callbacks: the progress line, MLflow (tuner.watch); verbose: Ray's tables instead."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from tuner.searcher import live_searcher
+    from tuner.study import FILE
+
     # A new search runs the seed's config first (the smoke preset adds a sure learner and a sure
     # non-learner, so ASHA has a trial to stop on any CPU); an extension tells TPE its parent's
     # trials instead.
     points, rewards = warm or ([dict(SEED_CONFIG)] + (SMOKE_POINTS if settings.budget == "smoke" else []), None)
-    searcher = OptunaSearch(metric=METRIC, mode=MODE, points_to_evaluate=points, evaluated_rewards=rewards,
-                            sampler=optuna.samplers.TPESampler(seed=settings.seed))
+    kw = dict(points_to_evaluate=points, evaluated_rewards=rewards,
+              sampler=optuna.samplers.TPESampler(seed=settings.seed))
+    searcher = (live_searcher(summary_dir / FILE, name, settings.max_epochs, **kw) if summary_dir is not None
+                else OptunaSearch(metric=METRIC, mode=MODE, **kw))
+    if not verbose:  # Optuna logs a line per trial; Ray's new output prints a box and a TensorBoard
+        # hint to its session folder even at verbose=0: its legacy reporter prints nothing there
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period,
                               reduction_factor=settings.reduction_factor)
@@ -263,7 +293,7 @@ def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, stora
                                     # a new process per trial costs seconds of imports and data loading
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=1,
+            name=name, storage_path=storage, verbose=1 if verbose else 0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 

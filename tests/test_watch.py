@@ -1,0 +1,207 @@
+"""Watching a search: one smoke search (in-process, --mlflow to a file store) checked for its
+progress line, its live Optuna study, TensorBoard events, MLflow runs and the checkpoints it
+leaves; then --resume on a locked or corrupt study, and bad --mlflow URIs."""
+
+import io
+import json
+import re
+import sqlite3
+import struct
+import threading
+import time
+from contextlib import redirect_stderr
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from raysession import free_port
+
+from tuner import progress, search, tracking
+
+pytestmark = pytest.mark.slow
+
+
+def run_search(argv: list[str]) -> int:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        try:
+            return search.main(argv)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+
+
+def watch_study(db: Path, name: str, done: threading.Event, seen: list) -> None:
+    """Poll the study as optuna-dashboard would; record the first sight of a trial with
+    intermediate values, and whether the search had published anything by then."""
+    while not done.is_set():
+        if db.is_file():
+            try:
+                s = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+                with_values = [t for t in s.get_trials(deepcopy=False) if t.intermediate_values]
+                if with_values:
+                    seen.append({"published": (db.parent / "best_config.json").exists(),
+                                 "running": any(t.state.name == "RUNNING" for t in s.trials)})
+                    return
+            except (KeyError, Exception):  # created but not yet holding the study: poll again
+                pass
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("watch") / "results"
+    mlruns = f"file://{out.parent / 'mlruns'}"
+    done, seen, err = threading.Event(), [], io.StringIO()
+    watcher = threading.Thread(target=watch_study, args=(out / "w" / "study.db", "w", done, seen), daemon=True)
+    watcher.start()
+    try:
+        with redirect_stderr(err):  # the progress line (tqdm writes to stderr)
+            code = run_search(["--smoke-test", "--no-confirm", "--out", str(out), "--name", "w", "--mlflow", mlruns])
+    finally:
+        done.set()
+        watcher.join()
+    folder = out / "w"
+    return SimpleNamespace(code=code, out=out, folder=folder, err=err.getvalue(), seen=seen, mlruns=mlruns,
+                           trials=pd.read_csv(folder / "trials.csv"), ray=out / "ray" / "w")
+
+
+def test_progress_line_ends_with_every_trial_and_the_best(watched):
+    assert watched.code == 0
+    last = [s for s in re.split(r"[\r\n]", watched.err) if s.startswith("search ")][-1]
+    t = watched.trials
+    counts = t["status"].value_counts()
+    ok = t[t["status"].isin(["finished", "stopped"])]
+    top = ok.loc[ok["best_val_acc"].idxmax()]
+    assert last.startswith(f"search 4/4 [{counts.get('finished', 0)} finished, "
+                           f"{counts.get('stopped', 0) + counts.get('diverged', 0)} stopped, 0 running]")
+    assert f"best {top.best_val_acc:.2f}% (lr {top.lr:.3g}, m {top.momentum:.3f}, bs {top.batch_size})" in last
+    assert re.search(r"\| \d+:\d\d < ETA 0:00$", last), last
+    assert "Configuration for experiment" not in watched.err  # Ray's tables only with --verbose
+
+
+def test_study_is_live_before_the_search_ends(watched):
+    assert watched.seen and not watched.seen[0]["published"] and watched.seen[0]["running"]
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{watched.folder / 'study.db'}")
+    epochs = pd.read_csv(watched.folder / "trial_epochs.csv")
+    for ft, row in zip(study.trials, watched.trials.itertuples(), strict=True):
+        assert ft.user_attrs == {"ray_trial_id": row.trial_id, "status": row.status, "epochs_run": row.epochs_run}
+        mine = epochs[epochs["trial_id"] == row.trial_id]
+        assert ft.intermediate_values == dict(zip(mine["epoch"], mine["val_acc"], strict=True))
+
+
+def events(path: Path):
+    """TensorBoard's record format (length, crc, event, crc), parsed with tensorboardX's protos."""
+    from tensorboardX.proto import event_pb2
+
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        yield event
+
+
+def test_tensorboard_events_hold_per_epoch_metrics_and_hyperparameters(watched):
+    from tensorboardX.proto import plugin_hparams_pb2
+
+    epochs = pd.read_csv(watched.folder / "trial_epochs.csv")
+    for row in watched.trials.itertuples():
+        (trial_dir,) = [p for p in watched.ray.iterdir() if f"_{row.trial_id}_" in p.name]
+        scalars, hparams = {}, {}
+        for event in events(next(trial_dir.glob("events.out.tfevents.*"))):
+            for v in event.summary.value:
+                if v.tag == "_hparams_/session_start_info":
+                    info = plugin_hparams_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    hparams = {k: (x.number_value or x.string_value) for k, x in info.session_start_info.hparams.items()}
+                elif v.tag.startswith("ray/tune/"):
+                    scalars.setdefault(v.tag.removeprefix("ray/tune/"), {})[event.step] = v.simple_value
+        mine = epochs[epochs["trial_id"] == row.trial_id]
+        assert scalars["val_acc"] == pytest.approx(dict(zip(mine["epoch"], mine["val_acc"], strict=True)))
+        assert {"train_loss", "val_loss", "lr"} <= set(scalars)
+        assert hparams == pytest.approx({"lr": row.lr, "momentum": row.momentum, "batch_size": row.batch_size})
+
+
+def test_mlflow_has_a_parent_run_and_one_nested_run_per_trial(watched):
+    uri, parent = tracking.parent_of(watched.folder)
+    client = tracking._client(uri)
+    run = client.get_run(parent)
+    assert run.info.run_name == "w" and run.info.status == "FINISHED"
+    assert run.data.params["max_epochs"] == "2" and run.data.params["budget"] == "smoke"
+    best = json.loads((watched.folder / "best_config.json").read_text())
+    assert run.data.metrics["best_val_acc"] == pytest.approx(best["val_acc"])
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    by_trial = {r.info.run_name.rsplit("_", 1)[-1]: r for r in children}
+    assert set(by_trial) == set(watched.trials["trial_id"])
+    for row in watched.trials.itertuples():
+        child = by_trial[row.trial_id]
+        assert child.data.tags["status"] == row.status and float(child.data.params["lr"]) == pytest.approx(row.lr)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, row.epochs_run + 1))
+    final = tracking.log_final(uri, parent, {"verdict": "no significant difference", "diff_pp": 0.12})
+    got = client.get_run(final)
+    assert got.data.tags["mlflow.parentRunId"] == parent and got.data.tags["verdict"] == "no significant difference"
+    assert got.data.metrics["diff_pp"] == pytest.approx(0.12)
+
+
+def test_finished_search_keeps_only_the_best_trials_last_checkpoint(watched):
+    best = json.loads((watched.folder / "best_config.json").read_text())
+    left = sorted(p.parent.name for p in watched.ray.glob("*/checkpoint_*"))
+    assert len(left) == 1 and f"_{best['trial_id']}_" in left[0]
+    assert re.search(r"storage .*: [\d.]+ MB \(removed \d+ checkpoints", watched.err)
+
+
+@pytest.mark.parametrize("damage", ["locked", "corrupt"])
+def test_resume_with_a_locked_or_corrupt_study_says_so_and_changes_nothing(watched, damage, capfd):
+    db = watched.folder / "study.db"
+    before = db.read_bytes()
+    lock = sqlite3.connect(db, isolation_level=None)
+    try:
+        if damage == "locked":
+            lock.execute("BEGIN EXCLUSIVE")
+        else:
+            db.write_bytes(b"not a database" * 100)
+        capfd.readouterr()
+        code = run_search(["--resume", "--name", "w", "--out", str(watched.out), "--no-confirm"])
+        err = capfd.readouterr().err
+    finally:
+        lock.close()
+        damaged = db.read_bytes()
+        db.write_bytes(before)
+    assert code == 2
+    lines = [line for line in err.splitlines() if str(db) in line]
+    assert len(lines) == 1 and damage in lines[0] and "Traceback" not in err
+    assert damaged == (before if damage == "locked" else b"not a database" * 100)
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:{port}", "file:///proc/no-mlruns"])
+def test_unusable_mlflow_uri_is_one_line_and_exit_2_before_ray(uri, tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(SystemExit) as info:
+        search.main(["--smoke-test", "--out", str(tmp_path), "--mlflow", uri.format(port=free_port())])
+    err = capfd.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "--mlflow" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_eta_starts_from_the_plan_and_moves_to_the_observed_rate():
+    tally = progress.Tally(total=4, max_epochs=2, expected_epochs=8, predicted_s=100.0)
+    assert tally.eta(10) == 90
+    tally.counts, tally.epochs_done = {"finished": 2, "stopped": 0, "running": 2}, 4
+    # observed total = 60 s x 8/4 epochs = 120 s; half the trials ended: (100 + 120) / 2 = 110
+    assert tally.eta(60) == pytest.approx(50)
+    tally.hard_stop_s = 80
+    assert tally.eta(60) == pytest.approx(20)
+
+
+def test_runs_bar_counts_runs(capsys):
+    bar = progress.runs_bar(3, 90.0, "confirm")
+    bar.update(1)
+    bar.set_postfix_str("best 98.1%")
+    bar.update(2)
+    bar.close()
+    assert "confirm 3/3 runs" in capsys.readouterr().err

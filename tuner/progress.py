@@ -1,0 +1,160 @@
+"""One live progress line for a search (a Ray Tune callback), and a bar for the stages after it.
+
+The search's line reads, refreshed about once a second (tqdm: a terminal line, a widget in Jupyter):
+
+    search 12/32 [6 finished, 6 stopped, 2 running] best 98.71% (lr 0.0412, m 0.874, bs 64) | 4:02 < ETA 9:30
+
+Finished = trained every epoch, stopped = ended early by ASHA (or diverged), errored trials count
+as ended too. The ETA starts from the plan's prediction (settings.budget_plan["predicted_s"]) and
+moves towards the rate observed so far as trials end; without a plan it is the observed rate
+alone, shown once a trial has ended.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ray.tune import Callback
+from tqdm.auto import tqdm
+
+from tuner.space import METRIC, TIME_ATTR
+
+REFRESH_S = 1.0  # Ray's controller loop steps many times a second; the line needs far fewer
+
+
+def clock(seconds: float) -> str:
+    """7 -> '0:07', 3725 -> '1:02:05'."""
+    seconds = int(round(max(seconds, 0)))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def runs_bar(total: int, predicted_s: float | None, desc: str):
+    """A bar for `total` runs of a later stage (the confirm stage): `.update(1)` as each run ends,
+    `.set_postfix_str(text)` for a short note, `.close()` at the end. Its ETA is the prediction
+    less the time elapsed until the first run ends, then tqdm's own rate-based estimate."""
+    fmt = "{desc} {n_fmt}/{total_fmt} runs |{bar:20}| {elapsed} elapsed{postfix}"
+    bar = tqdm(total=total, desc=desc, bar_format=fmt, dynamic_ncols=True)
+    if predicted_s is not None:
+        bar.set_postfix_str(f"predicted {clock(predicted_s)}")  # tqdm puts ", " before it
+    return bar
+
+
+@dataclass
+class Tally:
+    """What the line says, from Ray's trials; pure, so it is tested without Ray."""
+
+    total: int
+    max_epochs: int
+    expected_epochs: float  # all trials' epochs, as the plan expects ASHA to run them
+    predicted_s: float | None = None  # the plan's search time, None = no plan (or a resume)
+    hard_stop_s: float | None = None  # Tune's time_budget_s: the search never runs longer
+    counts: dict = field(default_factory=dict)
+    epochs_done: int = 0
+    best: tuple[float, dict] | None = None
+
+    def update(self, trials) -> None:
+        counts = {"finished": 0, "stopped": 0, "errored": 0, "running": 0}
+        epochs = 0
+        for t in trials:
+            last = t.last_result or {}
+            epochs += int(last.get(TIME_ATTR, 0) or 0)
+            if t.status == "ERROR":
+                counts["errored"] += 1
+            elif t.status == "TERMINATED":
+                counts["finished" if last.get(TIME_ATTR, 0) >= self.max_epochs else "stopped"] += 1
+            elif t.status == "RUNNING":
+                counts["running"] += 1
+            peak = (t.metric_analysis.get(METRIC) or {}).get("max")
+            if peak is not None and not last.get("diverged") and (self.best is None or peak > self.best[0]):
+                self.best = (float(peak), dict(t.config))
+        self.counts, self.epochs_done = counts, epochs
+
+    @property
+    def ended(self) -> int:
+        return self.counts.get("finished", 0) + self.counts.get("stopped", 0) + self.counts.get("errored", 0)
+
+    def eta(self, elapsed: float) -> float | None:
+        """Seconds left: the plan's total blended with the observed one, weighted by trials ended."""
+        if self.ended >= self.total:
+            return 0.0
+        observed = None
+        if self.ended and self.epochs_done:
+            observed = elapsed * max(self.expected_epochs, self.epochs_done) / self.epochs_done
+        if self.predicted_s is None and observed is None:
+            return None
+        w = self.ended / self.total
+        total = observed if self.predicted_s is None else (
+            self.predicted_s if observed is None else (1 - w) * self.predicted_s + w * observed)
+        if self.hard_stop_s is not None:
+            total = min(total, self.hard_stop_s)
+        return max(total - elapsed, 0.0)
+
+    def postfix(self, elapsed: float) -> str:
+        c = self.counts
+        parts = [f"[{c.get('finished', 0)} finished, {c.get('stopped', 0)} stopped, {c.get('running', 0)} running"
+                 + (f", {c['errored']} errored]" if c.get("errored") else "]")]
+        if self.best is not None:
+            acc, cfg = self.best
+            parts.append(f"best {acc:.2f}% (lr {cfg.get('lr', 0):.3g}, m {cfg.get('momentum', 0):.3f}, "
+                         f"bs {cfg.get('batch_size')})")
+        eta = self.eta(elapsed)
+        parts.append(f"| {clock(elapsed)} < ETA {'?' if eta is None else clock(eta)}")
+        return " ".join(parts)
+
+
+class SearchProgress(Callback):
+    """Ray Tune callback drawing the Tally as one tqdm line. Ray pickles the run config (and so
+    this callback) for a --resume: the bar is made in setup() and never pickled."""
+
+    def __init__(self, tally: Tally, desc: str = "search"):
+        self.tally, self.desc = tally, desc
+        self._bar, self._start, self._drawn = None, 0.0, 0.0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_bar": None}
+
+    def setup(self, **info) -> None:
+        self._start = time.monotonic()
+        # the whole line is the description: tqdm's own rate-based remaining time is not the plan's
+        self._bar = tqdm(total=self.tally.total, desc=self.desc, dynamic_ncols=True, bar_format="{desc}")
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self._drawn >= REFRESH_S:
+            self._draw(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._draw(trials)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self._draw(trials)
+        if self._bar is not None:
+            self._bar.close()
+
+    @property
+    def line(self) -> str:
+        return self._bar.desc if self._bar is not None else ""
+
+    def _draw(self, trials: list) -> None:
+        if self._bar is None:
+            return
+        self.tally.update(trials)
+        self._drawn = time.monotonic()
+        self._bar.n = self.tally.ended
+        text = f"{self.desc} {self.tally.ended}/{self.tally.total} {self.tally.postfix(self._drawn - self._start)}"
+        self._bar.set_description_str(text, refresh=False)
+        self._bar.refresh()
+
+
+def for_search(settings, resumed: bool) -> SearchProgress:
+    """The search's line; a resume has no prediction for what is left, so it shows the observed rate."""
+    from tuner.budget import expected_epochs
+
+    predicted = (settings.budget_plan or {}).get("predicted_s")
+    if isinstance(predicted, dict):  # {"search_s", "retrain_s", "total_s"}: this line is the search's
+        predicted = predicted.get("search_s")
+    expected = expected_epochs(settings.max_epochs, settings.num_samples) * settings.num_samples
+    return SearchProgress(Tally(total=settings.num_samples, max_epochs=settings.max_epochs,
+                                expected_epochs=expected, predicted_s=None if resumed else predicted,
+                                hard_stop_s=None if resumed else settings.search_time_budget_s))

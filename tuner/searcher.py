@@ -1,0 +1,54 @@
+"""OptunaSearch writing its study to SQLite as it goes, with what a reader needs to follow it.
+
+Ray's OptunaSearch (2.60) takes a `storage` and already reports each epoch's val_acc as an
+intermediate value (`on_trial_result` -> `trial.report`). LiveOptunaSearch adds user attributes:
+the Ray trial id (to match the two), the epochs run and the final status. Ray pickles the
+searcher for a --resume; the RDB storage pickles as its URL and re-opens the file when loaded
+(checked: tests/test_watch.py), so a resumed search continues the same study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.space import METRIC, MODE, TIME_ATTR
+from tuner.study import rdb_storage, trial_status
+
+
+class LiveOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+
+    def suggest(self, trial_id: str):
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        super().on_trial_result(trial_id, result)
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._ot_trials[trial_id].set_user_attr("epochs_run", int(result[TIME_ATTR]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            ot_trial = self._ot_trials[trial_id]
+            # Ray hands a trial's last result (the one ASHA stops it on, or its last epoch) to
+            # on_trial_complete only: report it here, and before super(), since Optuna refuses
+            # values and attributes on a finished trial.
+            if result and result.get(METRIC) is not None and TIME_ATTR in result:
+                if result[TIME_ATTR] not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+                    ot_trial.report(result[METRIC], result[TIME_ATTR])
+                ot_trial.set_user_attr("epochs_run", int(result[TIME_ATTR]))
+            ot_trial.set_user_attr("status", trial_status(result, error, self._max_epochs))
+        super().on_trial_complete(trial_id, result, error)
+
+
+def live_searcher(path: Path, name: str, max_epochs: int, **kwargs) -> LiveOptunaSearch:
+    """The search's OptunaSearch on a new SQLite study at `path`, named after the experiment."""
+    return LiveOptunaSearch(metric=METRIC, mode=MODE, study_name=name, storage=rdb_storage(path),
+                            max_epochs=max_epochs, **kwargs)

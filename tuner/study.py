@@ -1,0 +1,132 @@
+"""The Optuna study, live in results/<name>/study.db from the first trial (optuna-dashboard reads it).
+
+tuner.searcher writes it while the search runs; this module, which never imports Ray (the
+notebook uses it), checks it before a --resume and settles it when the search is published:
+the trials Ray never told the searcher about (cut by the time budget, or orphaned by a kill)
+get their final status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from mnist_net import files
+from tuner.space import CHANCE_ACC, TIME_ATTR
+
+FILE = "study.db"
+LOCK_WAIT_S = 30  # a reader (the dashboard, the notebook) holds the file for milliseconds
+
+
+def storage_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def rdb_storage(path: Path):
+    import optuna
+
+    return optuna.storages.RDBStorage(storage_url(path), engine_kwargs={"connect_args": {"timeout": LOCK_WAIT_S}})
+
+
+def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
+    """The status tuner.results.trial_row gives the same trial from its history."""
+    result = result or {}
+    if error:
+        return "errored"
+    if result.get("diverged"):
+        return "diverged"
+    return "finished" if result.get(TIME_ATTR, 0) >= max_epochs else "stopped"
+
+
+def check(path: Path, name: str) -> None:
+    """Before a --resume: ValueError (one line, naming the file) if the study cannot be written.
+    Reads only: a locked or corrupt file is left exactly as it was."""
+    if not path.is_file():
+        raise ValueError(f"cannot resume: {path} is missing; the search's Optuna study lives there "
+                         "(put it back, e.g. from a backup, and resume again)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2)
+        try:
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(ok)
+            conn.execute("BEGIN IMMEDIATE")  # the write lock the search will need
+            conn.rollback()
+            names = {r[0] for r in conn.execute("SELECT study_name FROM studies")}
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):
+            raise ValueError(f"cannot resume: {path} is locked by another process (is this search "
+                             "still running?); nothing was changed") from None
+        raise ValueError(f"cannot resume: {path} is not a readable Optuna study ({err}); nothing was changed") \
+            from None
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"cannot resume: {path} is corrupt ({err}); nothing was changed") from None
+    if name not in names:
+        raise ValueError(f"cannot resume: {path} holds no study named {name!r}; nothing was changed")
+
+
+def is_live(experiment_dir: Path) -> bool:
+    """Whether Ray's saved searcher state writes to an RDB study (a search started before the
+    live study kept it in memory, and publish then builds study.db from the trials)."""
+    states = list(Path(experiment_dir).glob("searcher-state-*.pkl"))
+    return any(b"sqlite:" in p.read_bytes() for p in states)
+
+
+def settle(path: Path, name: str, trials):
+    """Publish the live study: a settled copy (finish) replaces it atomically, so a failed write
+    leaves the live file as it was (tuner.publish's all-or-nothing files). Returns the study."""
+    import optuna
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / FILE
+        src, dst = sqlite3.connect(path, timeout=LOCK_WAIT_S), sqlite3.connect(copy)
+        try:
+            src.backup(dst)  # consistent even while a reader has the file open
+        finally:
+            src.close()
+            dst.close()
+        finish(copy, name, trials)
+        with files.atomic_path(path) as final_tmp:
+            shutil.copyfile(copy, final_tmp)
+    return optuna.load_study(study_name=name, storage=storage_url(path))
+
+
+def finish(path: Path, name: str, trials) -> None:
+    """Give every trial Ray ran its published status and epochs. One still RUNNING in the study
+    (cut by the time budget, or left by a kill) is completed with its last val_acc, as
+    tuner.results.build_study records it; one Ray never started fails."""
+    import optuna
+
+    storage = rdb_storage(path)
+    study = optuna.load_study(study_name=name, storage=storage)
+    by_ray = {r["trial_id"]: r for r in trials.to_dict("records")}
+    for ft in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        row = by_ray.get(ft.user_attrs.get("ray_trial_id"))
+        trial = optuna.Trial(study, ft._trial_id)
+        if row is None:
+            trial.set_user_attr("status", "never_started")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        trial.set_user_attr("epochs_run", int(row["epochs_run"]))
+        value = CHANCE_ACC if row["status"] == "diverged" else row["last_val_acc"]
+        if row["status"] == "errored" or value is None or math.isnan(value):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, float(value))
+    ids = {ft.user_attrs.get("ray_trial_id"): ft._trial_id for ft in study.get_trials(deepcopy=False)}
+    storage.engine.dispose()
+    # A finished trial's attributes are read-only through Optuna; the status the searcher saw may
+    # differ from the published one (budget_stopped), so set it in this private copy's table.
+    with sqlite3.connect(path) as conn:
+        for ray_id, row in by_ray.items():
+            if ray_id in ids:
+                conn.execute("DELETE FROM trial_user_attributes WHERE trial_id = ? AND key = 'status'", (ids[ray_id],))
+                conn.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, 'status', ?)",
+                             (ids[ray_id], json.dumps(row["status"])))
+    conn.close()
