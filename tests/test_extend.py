@@ -14,7 +14,7 @@ from tuner.settings import SearchSettings
 from tuner.space import CHANCE_ACC, PARAMS, SEED_CONFIG
 
 PARENT_SETTINGS = SearchSettings(num_samples=3, max_epochs=1, train_size=256, eval_size=200, seed=0,
-                                 retrain_seeds=1, retrain_epochs=1, retrain_train_size=1024, budget="smoke")
+                                 confirm_seeds=1, confirm_epochs=1, confirm_train_size=1024, budget="smoke")
 TRIALS = pd.DataFrame([
     {"trial": 1, "trial_id": "a", **SEED_CONFIG, "best_val_acc": 40.0, "best_epoch": 1, "last_val_acc": 40.0,
      "epochs_run": 1, "stopped_early": False, "status": "finished"},

@@ -24,8 +24,8 @@ from tuner.space import BATCH_SIZES, CHANCE_ACC, LR_RANGE, MOMENTUM_RANGE, PARAM
 
 LINK_FILE = "extends.json"  # in the extension's summary folder: what a --resume needs to publish
 # Flags an extension may set; every other settings flag must equal the parent's (fidelity).
-MAY_DIFFER = ("num_samples", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "retrain_seeds",
-              "retrain_epochs", "checkpoint_every")
+MAY_DIFFER = ("num_samples", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "confirm_top", "confirm_seeds",
+              "confirm_epochs", "confirm_train_size", "checkpoint_every")
 
 
 def _inside_space(trials: pd.DataFrame) -> bool:
