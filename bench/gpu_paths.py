@@ -42,7 +42,7 @@ except ImportError:  # only mnist_net.download's ensure_mnist uses it, and nothi
 from bench import common  # noqa: E402
 from mnist_net.config import TrainConfig  # noqa: E402
 from mnist_net.data import Split, batches  # noqa: E402
-from mnist_net.engine import Training, build_training, train_epoch  # noqa: E402
+from mnist_net.engine import Training, build_training, cpu_state, train_epoch  # noqa: E402
 
 N_IMAGES = 60_000
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -154,22 +154,13 @@ class GraphedStep:
 def checkpoint_cost(training: Training, repeats: int) -> dict:
     """torch.save of the state a trial checkpoints (model + optimizer + scheduler) to a local file
     (page cache, no fsync, as a trial's save): as it lies on the device, and copied to CPU first
-    (what a CPU-loadable checkpoint needs)."""
-    def to_cpu(obj):
-        if isinstance(obj, torch.Tensor):
-            return obj.detach().cpu()
-        if isinstance(obj, dict):
-            return {k: to_cpu(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [to_cpu(v) for v in obj]
-        return obj
-
+    with engine.cpu_state, as tuner.trainable.save_state now does (a CPU-loadable checkpoint)."""
     buffer = io.BytesIO()
     torch.save(training.state_dict(), buffer)
     result = {"bytes": buffer.getbuffer().nbytes}
     with tempfile.TemporaryDirectory(prefix="ckpt-bench-") as tmp:
         path = Path(tmp) / "state.pt"
-        for name, make in (("as_is", training.state_dict), ("to_cpu", lambda: to_cpu(training.state_dict()))):
+        for name, make in (("as_is", training.state_dict), ("to_cpu", lambda: cpu_state(training.state_dict()))):
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
