@@ -54,6 +54,14 @@ def test_config_file_and_flag_precedence(tmp_path):
     assert parse(["--smoke-test", "--epochs", "5"]).epochs == 5
 
 
+def test_compile_mode_flag_sets_both_fields():
+    cfg = parse(["--compile-mode", "reduce-overhead"])
+    assert (cfg.compile, cfg.compile_mode) == (True, "reduce-overhead")
+    assert (parse(["--compile"]).compile, parse(["--compile"]).compile_mode) == (True, "default")
+    assert parse(["--compile", "--compile-mode", "off"]).compile is False
+    assert parse([]).compile is False  # eager unless a GPU measurement shows a gain (bench/gpu.sh)
+
+
 def run_bad(argv, capsys) -> str:
     with pytest.raises(SystemExit) as info:
         train.main(argv)
@@ -73,7 +81,9 @@ def run_bad(argv, capsys) -> str:
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "2.5"], "--batch-size"),
     (["--epochs", "x"], "--epochs"),
-    (["--precision", "fp16"], "--precision"),
+    (["--precision", "fp8"], "--precision"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 requested but cpu"),
+    (["--compile-mode", "fast"], "--compile-mode"),
     (["--bogus"], "--bogus"),
 ])
 def test_bad_flags_fail_in_one_line(argv, words, capsys, tmp_path):
