@@ -151,8 +151,8 @@ def test_alive_nodes_reads_only_alive_nodes(monkeypatch):
 
 @pytest.mark.parametrize("field, value", [
     ("num_samples", 0), ("num_samples", -3), ("num_samples", 2.5), ("max_epochs", 0),
-    ("retrain_seeds", 0), ("train_size", 0), ("eval_size", -1), ("max_concurrent", 0),
-    ("cpus_per_trial", 0), ("retrain_epochs", 0), ("retrain_train_size", 0),
+    ("confirm_seeds", 0), ("train_size", 0), ("eval_size", -1), ("max_concurrent", 0),
+    ("cpus_per_trial", 0), ("confirm_epochs", 0), ("confirm_train_size", 0),
     ("gpus_per_trial", -0.5), ("gpus_per_trial", 1.5), ("gpus_per_trial", 2.5), ("gpus_per_trial", 2),
     ("train_size", 50_001), ("eval_size", 10_001), ("num_samples", True), ("train_size", True),
     ("seed", -1), ("seed", 1.5), ("budget", "huge"),
@@ -205,8 +205,8 @@ def test_no_gpu_and_no_budget_flag_plans_to_the_default_time_budget():
     assert (s.budget, s.time_budget_s, s.num_samples, s.seed, s.max_concurrent) == ("time", 1200, 8, 3, 1)
 
 
-@pytest.mark.parametrize("flag", ["--max-epochs", "--train-size", "--eval-size", "--retrain-seeds",
-                                  "--retrain-epochs"])
+@pytest.mark.parametrize("flag", ["--max-epochs", "--train-size", "--eval-size", "--confirm-seeds",
+                                  "--confirm-epochs"])
 def test_any_fidelity_flag_turns_the_default_time_budget_off(flag):
     s = settings([flag, "3"], has_gpu=False)
     assert (s.budget, s.time_budget_s) == ("full", None)
