@@ -12,10 +12,10 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 from tuner import budget
 from tuner.budget import (
+    CONFIRM_SETUP_S,
     EPOCH_OVERHEAD_S,
     LADDER,
     PUBLISH_S,
-    RETRAIN_SETUP_S,
     SEARCH_SETUP_S,
     TRIAL_OVERHEAD_S,
     Fidelity,
@@ -43,10 +43,10 @@ def test_parse_duration_rejects(text):
 
 
 def test_the_ladder_starts_at_the_full_recipe_and_only_ever_gives_fidelity_up():
-    assert LADDER[0] == Fidelity(max_epochs=20, train_size=50_000, eval_size=10_000, retrain_seeds=3,
-                                 retrain_epochs=20)
-    assert LADDER[-1] == Fidelity(max_epochs=3, train_size=1000, eval_size=2000, retrain_seeds=1,
-                                  retrain_epochs=1)
+    assert LADDER[0] == Fidelity(max_epochs=20, train_size=50_000, eval_size=10_000, confirm_seeds=3,
+                                 confirm_epochs=20, confirm_train_size=50_000)
+    assert LADDER[-1] == Fidelity(max_epochs=3, train_size=1000, eval_size=2000, confirm_seeds=1,
+                                  confirm_epochs=3, confirm_train_size=1000)
     for high, low in pairwise(LADDER):
         assert high != low
         assert all(getattr(low, k) <= getattr(high, k) for k in budget.FIDELITY_FIELDS), (high, low)
@@ -61,13 +61,14 @@ def test_the_order_in_which_fidelity_is_given_up():
         if not order or order[-1] != changed:
             order.append(changed)
     assert order == [
-        "retrain_seeds", "eval_size", "max_epochs+retrain_epochs",  # 20 -> 4 epochs, trials and retrain
-        "train_size+retrain_epochs", "train_size", "train_size+retrain_epochs", "train_size",  # 50k -> 5k
-        "retrain_epochs", "eval_size", "train_size", "max_epochs", "train_size", "retrain_seeds",
+        "eval_size", "max_epochs+confirm_epochs",  # 20 -> 4 epochs, trials and confirmation
+        "train_size+confirm_train_size", "eval_size", "train_size+confirm_train_size",  # 50k -> 2k
+        "max_epochs+confirm_epochs", "train_size+confirm_train_size", "confirm_seeds",  # seeds last
     ]
-    # the retrain never trains a run on fewer images than a trial saw, until epoch 1 is all that is left
+    # a confirm run trains what a whole trial trains; 3 seeds until nothing else is left to give up
     for f in LADDER:
-        assert f.retrain_epochs * 60_000 >= f.max_epochs * f.train_size or f.retrain_epochs == 1
+        assert (f.confirm_epochs, f.confirm_train_size) == (f.max_epochs, f.train_size)
+    assert [f.confirm_seeds for f in LADDER[-3:]] == [3, 2, 1] and {f.confirm_seeds for f in LADDER[:-2]} == {3}
 
 
 @pytest.mark.parametrize("max_epochs", [2, 3, 4, 6, 7, 8, 9, 12, 18, 20, 27, 35])
@@ -93,30 +94,33 @@ def test_expected_epochs_by_hand():
 
 
 def test_prediction_by_hand():
-    f = Fidelity(max_epochs=4, train_size=5000, eval_size=5000, retrain_seeds=2, retrain_epochs=2)
+    f = Fidelity(max_epochs=4, train_size=5000, eval_size=5000, confirm_seeds=2, confirm_epochs=2,
+                 confirm_train_size=6000)
     epoch = 5000 * 0.001 + 5000 / 2000 + EPOCH_OVERHEAD_S  # 7.55 s
     p = 0.775
     trial = (1 + p + p * p * 2) * epoch + TRIAL_OVERHEAD_S
     full = 4 * epoch + TRIAL_OVERHEAD_S
     search = SEARCH_SETUP_S + N * trial / SLOTS + 0.5 * full / 2
-    run = 2 * (60_000 * 0.001 + 10_000 / 2000 + EPOCH_OVERHEAD_S) + 10_000 / 2000  # 135.1 s
-    retrain = RETRAIN_SETUP_S + 2 * run  # 4 equal runs on 2 slots: two rounds
+    run = 2 * (6000 * 0.001 + 10_000 / 2000 + EPOCH_OVERHEAD_S) + 10_000 / 2000  # 27.1 s, val scored whole
+    confirm = CONFIRM_SETUP_S + 4 * run  # 4 configs x 2 seeds, equal runs, on 2 slots: four rounds
     got = budget.predict(f, FLAT, N, SLOTS, spent_s=30.0)
     assert got.search_s == pytest.approx(search)
-    assert got.retrain_s == pytest.approx(retrain)
-    assert got.total_s == pytest.approx(30.0 + search + retrain + PUBLISH_S)
+    assert got.confirm_s == pytest.approx(confirm)
+    assert got.total_s == pytest.approx(30.0 + search + confirm + PUBLISH_S)
+    assert budget.predict(f, FLAT, N, SLOTS, configs=2).confirm_s == pytest.approx(CONFIRM_SETUP_S + 2 * run)
 
 
 def test_uneven_speeds_and_slots():
     # batch 512 (the seed config's) twice as slow: its retrain runs take longer than the best's
     slow = replace(FLAT, train={**FLAT.train, 512: 500.0}, load_s=2.0)
     assert slow.s_per_image() == pytest.approx((5 * 0.001 + 0.002) / 6)
-    f = Fidelity(max_epochs=1, train_size=1000, eval_size=1000, retrain_seeds=1, retrain_epochs=1)
-    best = 60_000 * slow.s_per_image() + 5 + EPOCH_OVERHEAD_S + 5
-    seed = 60_000 * 0.002 + 5 + EPOCH_OVERHEAD_S + 5
-    # one slot: the runs one after the other; three: side by side, the longer one decides
-    assert budget.predict(f, slow, 4, 1).retrain_s == pytest.approx(RETRAIN_SETUP_S + 2 + best + seed)
-    assert budget.predict(f, slow, 4, 3).retrain_s == pytest.approx(RETRAIN_SETUP_S + 2 + seed)
+    f = Fidelity(max_epochs=1, train_size=1000, eval_size=1000, confirm_seeds=1, confirm_epochs=1,
+                 confirm_train_size=50_000)
+    best = 50_000 * slow.s_per_image() + 5 + EPOCH_OVERHEAD_S + 5
+    seed = 50_000 * 0.002 + 5 + EPOCH_OVERHEAD_S + 5
+    # one slot: the runs one after the other; two: side by side, the longer one decides
+    assert budget.predict(f, slow, 4, 1, configs=2).confirm_s == pytest.approx(CONFIRM_SETUP_S + 2 + best + seed)
+    assert budget.predict(f, slow, 4, 3, configs=2).confirm_s == pytest.approx(CONFIRM_SETUP_S + 2 + seed)
     # 4 one-epoch trials on 3 slots: 4 x trial / 3 + (2/3) x trial / 2
     trial = 1000 * slow.s_per_image() + 0.5 + EPOCH_OVERHEAD_S + TRIAL_OVERHEAD_S
     assert budget.predict(f, slow, 4, 3).search_s == pytest.approx(SEARCH_SETUP_S + 2 + 4 * trial / 3 + trial / 3)
@@ -133,22 +137,23 @@ def test_choose_takes_the_highest_level_that_fits():
 
 
 def test_slack_goes_to_images_per_trial_by_hand():
-    """A 4-epoch level, 2 retrain epochs: 100 more images per trial cost 4.862 s here
-    (32 trials x 2.97625 epochs / 2 slots + the drain's 4 epochs / 4, at 0.001 s per image)."""
-    level = LADDER.index(Fidelity(4, 5000, 5000, 2, 2))
+    """A 4-epoch level: 100 more images per trial, and per confirm run, cost 7.262 s here (32 trials
+    x 2.97625 epochs / 2 slots + the drain's 4 epochs / 4 + 4 configs x 3 seeds x 4 epochs / 2 slots
+    of confirmation, at 0.001 s per image)."""
+    level = LADDER.index(Fidelity(4, 5000, 5000, 3, 4, 5000))
     base = budget.predict(LADDER[level], FLAT, N, SLOTS).total_s
-    per_100 = 100 * 0.001 * (N * budget.expected_epochs(4, N) / SLOTS + 4 / 4)
-    assert per_100 == pytest.approx(4.862)
+    per_100 = 100 * 0.001 * (N * budget.expected_epochs(4, N) / SLOTS + 4 / 4 + 4 * 3 * 4 / SLOTS)
+    assert per_100 == pytest.approx(7.262)
     index, f, p = budget.choose(FLAT, base + 10 * per_100 + 1, N, SLOTS)
     # 6,000 images per trial fit, 6,100 do not: the first level that fits is the 5,500 one
-    assert LADDER[index] == Fidelity(4, 5500, 5000, 2, 2)
-    assert f == Fidelity(4, 6000, 5000, 2, 2)
+    assert LADDER[index] == Fidelity(4, 5500, 5000, 3, 4, 5500)
+    assert f == Fidelity(4, 6000, 5000, 3, 4, 6000)
     assert p.total_s == pytest.approx(base + 10 * per_100)
 
 
 def test_flags_the_user_gave_are_kept_at_every_level():
-    index, f, _ = budget.choose(FLAT, 900, N, SLOTS, fixed={"max_epochs": 2, "retrain_seeds": 3})
-    assert (f.max_epochs, f.retrain_seeds) == (2, 3)
+    index, f, _ = budget.choose(FLAT, 900, N, SLOTS, fixed={"max_epochs": 2, "confirm_seeds": 3})
+    assert (f.max_epochs, f.confirm_seeds) == (2, 3)
     # with the train size fixed too, nothing fills the slack
     _, g, p = budget.choose(FLAT, 900, N, SLOTS, fixed={"train_size": 1234})
     assert g.train_size == 1234 and p.total_s <= 900
@@ -185,3 +190,19 @@ def test_too_small_a_budget_fails_after_a_real_calibration(tmp_path, capfd):
     assert last.startswith("python -m tuner.search: error: --time-budget 5 s is too small here"), last
     assert re.search(r"the smallest budget that works here is \d+m$", last), last
     assert not ray.is_initialized() and not (out / "tiny").exists()
+
+
+def test_the_confirm_stage_takes_the_time_the_search_left():
+    """raise_confirm: the highest (epochs, images) of the ladder whose confirmation fits the time
+    left, at the planned seeds and the candidates' own speeds; never below the plan."""
+    planned = LADDER.index(Fidelity(4, 5000, 5000, 3, 4, 5000))
+    f = LADDER[planned]
+    speeds = [0.001, 0.001, 0.001]
+    at_plan = budget.confirm_time(3, 4, 5000, speeds, FLAT, SLOTS)
+    assert budget.raise_confirm(f, FLAT, at_plan, speeds, SLOTS) == (4, 5000)
+    assert budget.raise_confirm(f, FLAT, at_plan / 2, speeds, SLOTS) == (4, 5000)  # never below the plan
+    roomy = budget.confirm_time(3, 6, 50_000, speeds, FLAT, SLOTS)
+    assert budget.raise_confirm(f, FLAT, roomy, speeds, SLOTS) == (6, 50_000)
+    assert budget.raise_confirm(f, FLAT, roomy - 1, speeds, SLOTS) == (5, 50_000)
+    # slower candidates (batch 32 at half speed) get less from the same time
+    assert budget.raise_confirm(f, FLAT, roomy, [0.002] * 3, SLOTS)[0] < 6

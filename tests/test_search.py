@@ -28,7 +28,7 @@ MAX_EPOCHS = 3
 NUM_SAMPLES = 6
 SUMMARY_FILES = ["best_config.json", "trials.csv", "trial_epochs.csv", "study.db", "optimization_history.png",
                  "param_importances.png", "parallel_coordinate.png", "search_settings.json", "retrain.json",
-                 "best_curves.png", "seed_curves.png", "best_model.pt"]
+                 "best_curves.png", "seed_curves.png", "best_model.pt", "test_predictions.npz"]
 
 
 def run_search(argv: list[str]) -> int:
@@ -137,14 +137,15 @@ def test_asha_stopped_a_trial_early(trials, epochs):
         assert at_rung[row.trial_id] < others.max()
 
 
-def test_best_config_is_the_best_trial_with_provenance(smoke, trials, best):
+def test_best_config_keeps_the_searchs_best_trial_as_proxy_best(smoke, trials, best):
     ok = trials[trials["status"].isin(["finished", "stopped"])]
     top = ok.loc[ok["best_val_acc"].idxmax()]
-    assert best["config"] == {p: top[p] for p in PARAMS}
-    assert isinstance(best["config"]["batch_size"], int)
-    assert (best["val_acc"], best["epoch"], best["trial_id"]) == (top["best_val_acc"], top["best_epoch"],
-                                                                   top["trial_id"])
-    assert best["val_acc"] == trials["best_val_acc"].max()
+    proxy = best["proxy_best"]
+    assert proxy["config"] == {p: top[p] for p in PARAMS}
+    assert isinstance(proxy["config"]["batch_size"], int)
+    assert (proxy["val_acc"], proxy["epoch"], proxy["trial_id"]) == (top["best_val_acc"], top["best_epoch"],
+                                                                     top["trial_id"])
+    assert proxy["val_acc"] == trials["best_val_acc"].max()
     assert (best["metric"], best["mode"]) == ("val_acc", "max")
     assert best["seed_config"] == SEED_CONFIG
     assert best["seed_config_val_acc"] == trials.iloc[0]["best_val_acc"]
@@ -183,30 +184,44 @@ def test_optuna_study_holds_every_trial(smoke, trials, epochs):
     assert study.best_value == trials["last_val_acc"].max()
 
 
-def test_retrain_compares_best_and_seed_config(smoke, best):
+def test_confirm_stage_confirms_the_top_configs_and_names_the_winner(smoke, trials, best):
     report = json.loads((smoke.folder / "retrain.json").read_text())
-    assert (report["epochs"], report["seeds"]) == (1, [1])
-    assert Path(report["source"]) == smoke.out / "best_config.json"
-    assert report["best"]["config"] == best["config"]
-    assert report["seed_config"]["config"] == SEED_CONFIG
-    for label in ("best", "seed_config"):
-        r = report[label]
-        assert len(r["test_acc"]) == 1 and 0 < r["test_acc"][0] <= 100
-        assert r["test_acc_mean"] == r["test_acc"][0] and r["test_acc_std"] == 0.0
-        assert r["diverged"] == [False]
-        assert [e["epoch"] for e in r["epochs_history"][0]] == [1]
+    assert (report["epochs"], report["seeds"], report["recipe"]) == (1, [1], {
+        "seeds": 1, "epochs": 1, "train_size": 1024, "train_split": "train"})
+    assert Path(report["source"]) == smoke.folder / "trials.csv"
+    labels = [c["label"] for c in report["candidates"]]
+    assert labels[-1] == "seed_config" and len(labels) == 3  # the smoke preset's --confirm-top 2
+    ok = trials[trials["status"].isin(["finished", "stopped"])].sort_values("best_val_acc", ascending=False)
+    searched = [c for c in report["candidates"] if c["label"] != "seed_config"]
+    assert [c["proxy_val_acc"] for c in searched] == sorted(c["proxy_val_acc"] for c in searched)[::-1]
+    assert searched[0]["config"] == {p: ok.iloc[0][p] for p in PARAMS} or ok.iloc[0]["trial"] == 1
+    for c in report["candidates"]:
+        assert len(c["test_acc"]) == len(c["val_acc"]) == 1 and 0 < c["test_acc"][0] <= 100
+        assert [e["epoch"] for e in c["epochs_history"][0]] == [1] and "val_acc" in c["epochs_history"][0][0]
+    means = {c["label"]: c["val_acc_mean"] for c in report["candidates"]}
+    assert report["winner"]["label"] == max(means, key=means.get)  # chosen on val, never test
+    assert best["config"] == report["winner"]["config"] and best["confirmed"]["winner"] == report["winner"]["label"]
+    assert best["confirmed"]["verdict"] == report["comparison"]["verdict"]
+    assert report["comparison"]["outcome"] in ("better", "worse", "better_on_every_seed", "worse_on_every_seed",
+                                                "disagree", "no_difference")
+    rank = report["ranking"]
+    assert rank["labels"] == [c["label"] for c in report["candidates"] if c["proxy_val_acc"] is not None]
+    assert -1 <= rank["tau"] <= 1 and best["confirmed"]["kendall_tau"] == rank["tau"]
     assert "versions" in report["provenance"]
+    runs = sorted(p.name for p in (smoke.folder / "runs").iterdir())
+    assert len([r for r in runs if r.endswith(".json")]) == 3  # every (config, seed) run, saved as it ended
 
 
-def test_best_model_is_the_retrained_best_and_scores_what_retrain_json_says(smoke, splits):
+def test_best_model_is_the_confirmed_winner_and_scores_what_retrain_json_says(smoke, splits):
     state = torch.load(smoke.folder / "best_model.pt", weights_only=True)
     model = Net()
     model.load_state_dict(state)  # strict: every key and shape
     model = model.to(memory_format=torch.channels_last)  # as trained (TrainConfig.channels_last)
     report = json.loads((smoke.folder / "retrain.json").read_text())
+    winner = next(c for c in report["candidates"] if c["label"] == report["winner"]["label"])
     stats = evaluate(model, splits["test"], amp_dtype=autocast_dtype(torch.device("cpu"), "auto"),
                      channels_last=True)
-    assert math.isclose(stats.acc, report["best"]["test_acc"][0], abs_tol=0.015)  # within one image
+    assert math.isclose(stats.acc, winner["test_acc"][0], abs_tol=0.015)  # within one image
 
 
 def test_ray_experiment_is_restorable(smoke):

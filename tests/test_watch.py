@@ -117,7 +117,8 @@ def test_tensorboard_events_hold_per_epoch_metrics_and_hyperparameters(watched):
             for v in event.summary.value:
                 if v.tag == "_hparams_/session_start_info":
                     info = plugin_hparams_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
-                    hparams = {k: (x.number_value or x.string_value) for k, x in info.session_start_info.hparams.items()}
+                    given = info.session_start_info.hparams
+                    hparams = {k: (x.number_value or x.string_value) for k, x in given.items()}
                 elif v.tag.startswith("ray/tune/"):
                     scalars.setdefault(v.tag.removeprefix("ray/tune/"), {})[event.step] = v.simple_value
         mine = epochs[epochs["trial_id"] == row.trial_id]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -196,4 +197,9 @@ def lines(rep: dict) -> list[str]:
     out += [f"warning: {w}" for w in rep["warnings"]]
     out.append(f"confirmed winner: {rep['winner']['label']} ({rep['winner']['why']})")
     out.append(rep["comparison"]["verdict"])
+    if rep["comparison"]["outcome"].endswith("_on_every_seed") and rep.get("source", "").endswith("trials.csv"):
+        search, size = Path(rep["source"]).parent, rep["recipe"]["train_size"]
+        out.append(f"more seeds, reusing the runs saved here: python -m tuner.retrain --search {search.name} "
+                   f"--results {search.parent} --top {len(rep['candidates']) - 1} --epochs {rep['epochs']} "
+                   f"--seeds N{f' --train-size {size}' if size else ''} --overwrite")
     return out

@@ -15,26 +15,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mnist_net import files
 from mnist_net.config import TrainConfig
 from mnist_net.data import eval_split_name
 from mnist_net.engine import build_training, fit, predict
 from mnist_net.runtime import autocast, autocast_dtype
-from tuner import resources
+from tuner import progress, resources
 from tuner.confirm import Candidate, Recipe
 from tuner.space import PARAMS
 
 
-def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int) -> dict:
+def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int, changes: dict | None = None) -> dict:
     """One run, as a Ray task: fit on the recipe's split, then predict the full test split once.
 
     Returns plain data only (numbers, a uint8 array of test predictions, CPU tensors)."""
     device = resources.worker_device(cpus)
     splits = resources.worker_splits(data_dir)
     cfg = TrainConfig.from_dict(dict(params), TrainConfig(
-        epochs=recipe.epochs, seed=seed, train_split=recipe.train_split, train_size=recipe.train_size))
+        epochs=recipe.epochs, seed=seed, train_split=recipe.train_split, train_size=recipe.train_size,
+        **(changes or {})))
     train = splits[cfg.train_split].subset(cfg.train_size, seed).to(device)
     evals = splits[eval_split_name(cfg.train_split)].to(device)  # the whole val (or, for 60k, test) split
     start = time.perf_counter()
@@ -90,17 +90,18 @@ class RunStore:
         files.write_json(self.path(config, seed, recipe, ".json"), run)  # last: its presence means the run is whole
 
 
-def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Plan,
-            store: RunStore, progress: bool = True) -> dict[str, list[dict]]:
+def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Plan, store: RunStore,
+            changes: dict | None = None, predicted_s: float | None = None) -> dict[str, list[dict]]:
     """Every (candidate, seed) run, read from the store or trained as Ray tasks submitted at once."""
     import ray
 
     runs = {(c.label, s): store.load(c.config, s, recipe) for c in cands for s in range(1, recipe.seeds + 1)}
     missing = [(c, s) for c in cands for s in range(1, recipe.seeds + 1) if runs[(c.label, s)] is None]
-    task = ray.remote(run_one)
-    refs = {task.options(**resources.task_options(plan, f"confirm-{c.label.replace(' ', '')}-seed{s}")).remote(
-        dict(c.config), s, recipe, data_dir, plan.cpu_per_trial): (c, s) for c, s in missing}
-    bar = tqdm(total=len(runs), initial=len(runs) - len(missing), desc="confirm", unit="run", disable=not progress)
+    # ray.remote(**options), not .options(): Ray takes max_calls (a fresh worker per GPU run) only there
+    refs = {ray.remote(**resources.task_options(plan, f"confirm-{c.label.replace(' ', '')}-seed{s}"))(run_one).remote(
+        dict(c.config), s, recipe, data_dir, plan.cpu_per_trial, changes): (c, s) for c, s in missing}
+    bar = progress.runs_bar(len(runs), predicted_s, "confirm")
+    bar.update(len(runs) - len(missing))  # read back from the store
     pending = list(refs)
     try:
         while pending:
@@ -110,7 +111,7 @@ def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resourc
             store.save(run, recipe)
             runs[(c.label, s)] = store.load(c.config, s, recipe)
             bar.update(1)
-            bar.set_postfix_str(f"{c.label} seed {s}: val {run['val_acc'] or 0:.2f}%, {run['seconds']:.0f}s")
+            bar.set_postfix_str(f"last: {c.label} seed {s}, val {run['val_acc'] or 0:.2f}%, {run['seconds']:.0f}s")
     except BaseException:  # a failed run or Ctrl-C: the others are no longer wanted; saved runs stay
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -9,7 +9,17 @@ from dataclasses import asdict, replace
 import pandas as pd
 
 from mnist_net.cli import say
-from tuner.budget import LADDER, PLAN_MARGIN, PUBLISH_S, Fidelity, Throughput, choose, format_duration, raise_confirm
+from tuner.budget import (
+    LADDER,
+    PLAN_MARGIN,
+    PUBLISH_S,
+    Fidelity,
+    Throughput,
+    choose,
+    confirm_time,
+    format_duration,
+    raise_confirm,
+)
 from tuner.calibrate import calibrate
 from tuner.confirm import Recipe
 from tuner.settings import SearchSettings
@@ -58,22 +68,25 @@ def describe(settings: SearchSettings) -> str | None:
 
 
 def confirm_recipe(settings: SearchSettings, left_s: float | None = None, batch_sizes: list[int] = (),
-                   epochs: pd.DataFrame | None = None, concurrent: int = 1) -> Recipe:
-    """The confirm stage's recipe: as planned or given; with a time budget, raised to what the time
-    left fits at the speeds the trials measured (a search that ended early gives the rest)."""
+                   epochs: pd.DataFrame | None = None, concurrent: int = 1) -> tuple[Recipe, float | None]:
+    """The confirm stage's recipe and its predicted seconds: as planned or given; with a time budget,
+    raised to what the time left fits at the speeds the trials measured (a search that ended early
+    gives the rest)."""
     planned = Recipe(settings.confirm_seeds, settings.confirm_epochs or settings.max_epochs,
                      settings.confirm_train_size)
     record = settings.budget_plan or {}
     if left_s is None or "fidelity" not in record or {"confirm_epochs", "confirm_train_size"} & set(
             record.get("fixed_by_flags", [])):
-        return planned
+        return planned, None
     thr = measured(Throughput(train={int(b): v for b, v in record["throughput"]["train_images_per_s"].items()},
                               eval=record["throughput"]["eval_images_per_s"]), epochs)
     f = Fidelity(**record["fidelity"])
     e, n = raise_confirm(f, thr, left_s - PUBLISH_S, [1 / thr.train[b] for b in batch_sizes], concurrent)
+    speeds = [1 / thr.train[b] for b in batch_sizes]
+    predicted = confirm_time(f.confirm_seeds, e, n, speeds, thr, concurrent)
     say(f"confirm stage: {format_duration(left_s)} left of the budget -> {e} epochs x {n:,} images per run "
-        f"(planned {f.confirm_epochs} x {f.confirm_train_size:,})")
-    return replace(planned, epochs=e, train_size=None if n >= 50_000 else n)
+        f"(planned {f.confirm_epochs} x {f.confirm_train_size:,}), predicted {format_duration(predicted)}")
+    return replace(planned, epochs=e, train_size=None if n >= 50_000 else n), predicted
 
 
 def measured(thr: Throughput, epochs: pd.DataFrame | None) -> Throughput:

@@ -66,3 +66,23 @@ def mark_budget_stopped(trials, grid):
     trials.loc[hit, "status"] = BUDGET_STOPPED
     trials.loc[hit, "stopped_early"] = False
     return trials
+
+
+def record_confirmation(out: Path, summary_dir: Path, report: dict) -> dict:
+    """best_config.json names the confirmed winner (its mean val_acc at the confirm recipe); the
+    search's own pick (its proxy score) stays beside it as proxy_best."""
+    best = files.read_json(summary_dir / "best_config.json", "best_config.json")
+    proxy = best.get("proxy_best") or {k: best[k] for k in ("config", METRIC, "epoch", "trial_id")}
+    comparison, rank = report["comparison"], report.get("ranking") or {}
+    winner = next(c for c in report["candidates"] if c["label"] == report["winner"]["label"])
+    best.update({
+        "config": report["winner"]["config"], METRIC: winner["val_acc_mean"], "epoch": report["epochs"],
+        "trial_id": winner["trial_id"], "proxy_best": proxy,
+        "confirmed": {"winner": report["winner"]["label"], "why": report["winner"]["why"],
+                      "verdict": comparison["verdict"], "outcome": comparison["outcome"],
+                      "kendall_tau": rank.get("tau"), "recipe": report["recipe"], "warnings": report["warnings"],
+                      "file": "retrain.json"},
+    })
+    files.write_json(summary_dir / "best_config.json", best)
+    files.write_json(out / "best_config.json", best)
+    return best

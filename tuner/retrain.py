@@ -10,14 +10,14 @@ from __future__ import annotations
 import io
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mnist_net import files, plots
-from mnist_net.cli import Parser, non_negative_float, positive_int, say
+from mnist_net.cli import Parser, add_compile_mode, compile_changes, non_negative_float, positive_int, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 from mnist_net.download import DataUnavailable
@@ -28,6 +28,7 @@ from tuner.confirm_runs import RunStore, run_all
 from tuner.space import PARAMS, SEED_CONFIG
 
 SMOKE = {"seeds": 1, "epochs": 1, "train_size": 1024}
+DEFAULTS = {"seeds": 3, "epochs": 20, "train_size": None}
 DEFAULT_TOP = 3
 SPLIT_SIZES = {"train": 50_000, "train+val": 60_000}
 
@@ -41,6 +42,7 @@ class Job:
     data_dir: str
     out: Path
     source: str  # the best_config.json or trials.csv the candidates came from
+    changes: dict = field(default_factory=dict)  # TrainConfig fields beyond the recipe (--compile-mode)
 
 
 def build_parser() -> Parser:
@@ -52,8 +54,8 @@ def build_parser() -> Parser:
                       "(default results/best_config.json when --search is not given)")
     p.add_argument("--top", type=positive_int, default=DEFAULT_TOP, help="configs of the search to confirm")
     p.add_argument("--results", type=Path, default=Path("results"), help="the searches' summary folders")
-    p.add_argument("--seeds", type=positive_int, default=3, help="train seeds 1..N for each config")
-    p.add_argument("--epochs", type=positive_int, default=20, help="epochs per run (the seed's 20)")
+    p.add_argument("--seeds", type=positive_int, help=f"train seeds 1..N for each config (default {DEFAULTS['seeds']})")
+    p.add_argument("--epochs", type=positive_int, help=f"epochs per run (default the seed's {DEFAULTS['epochs']})")
     p.add_argument("--train-size", type=positive_int, help="images per run (default: the whole split)")
     p.add_argument("--train-split", choices=("train", "train+val"), default="train",
                    help="train: 50k, winner chosen on val; train+val: the seed's 60k recipe, --config only")
@@ -67,7 +69,8 @@ def build_parser() -> Parser:
     p.add_argument("--gpus-per-run", type=non_negative_float,
                    help="GPU share per run, as the search's --gpus-per-trial (default: planned)")
     p.add_argument("--cpus-per-run", type=positive_int, help="CPUs per run (default: planned)")
-    p.add_argument("--smoke-test", action="store_true", help=f"tiny preset for tests: {SMOKE}")
+    add_compile_mode(p)
+    p.add_argument("--smoke-test", action="store_true", help=f"tiny preset for tests: {SMOKE} unless given")
     return p
 
 
@@ -122,15 +125,16 @@ def job_from_args(args) -> Job:
     if (out / "retrain.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'retrain.json'} exists; pass a new --out (or --overwrite to replace it)")
     data_dir = str(Path(args.data_dir).expanduser().resolve())  # tasks run in other folders
-    return Job(tuple(cands), recipe, data_dir, files.prepare_out_dir(out), source)
+    return Job(tuple(cands), recipe, data_dir, files.prepare_out_dir(out), source, compile_changes(args))
 
 
-def execute(job: Job, plan: resources.Plan, progress: bool = True) -> dict:
+def execute(job: Job, plan: resources.Plan, predicted_s: float | None = None) -> dict:
     """Run (or read back) every run on the connected Ray, then write and return the report."""
     splits = load_splits(job.data_dir)
     say(f"confirm: {len(job.cands)} configs x {job.recipe.seeds} seed(s), "
         f"{job.recipe.describe(SPLIT_SIZES[job.recipe.train_split])}; {plan.describe()}")
-    runs = run_all(list(job.cands), job.recipe, job.data_dir, plan, RunStore(job.out / "runs"), progress)
+    runs = run_all(list(job.cands), job.recipe, job.data_dir, plan, RunStore(job.out / "runs"), job.changes,
+                   predicted_s)
     images = job.recipe.images(SPLIT_SIZES[job.recipe.train_split])
     rep = confirm.report(list(job.cands), runs, splits["test"].labels.numpy(), job.recipe, images)
     rep["source"] = job.source
@@ -159,9 +163,8 @@ def write_outputs(job: Job, runs: dict[str, list[dict]], rep: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.smoke_test:
-        args.seeds, args.epochs = SMOKE["seeds"], SMOKE["epochs"]
-        args.train_size = args.train_size or SMOKE["train_size"]
+    for key, value in (SMOKE if args.smoke_test else DEFAULTS).items():  # explicit flags win
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     try:
         job = job_from_args(args)
         load_splits(job.data_dir)  # fails here, once, if MNIST is missing

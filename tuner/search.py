@@ -1,7 +1,7 @@
 """Search lr, momentum and batch size for the S5 network with Ray Tune + Optuna + ASHA.
 
 `python -m tuner.search --num-samples 32` runs the search, writes its results under
---out (default results/), then retrains the best config against the seed's.
+--out (default results/), then confirms its top configs against the seed's (tuner.retrain).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_net.cli import Parser, non_negative_float, non_negative_int, positive_int, say
+from mnist_net.cli import Parser, add_compile_mode, non_negative_float, non_negative_int, positive_int, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
-from tuner import budget, cluster, extend, publish, resources, tracking, watch
+from tuner import budget, cluster, confirm, extend, gpu_estimate, planning, publish, resources, retrain, tracking, watch
 from tuner.results import NoFinishedTrial
-from tuner.settings import BUDGET_FLAGS, DEFAULT_TIME_BUDGET_S, SMOKE, SMOKE_POINTS, SearchSettings
+from tuner.settings import BUDGET_FLAGS, DEFAULT_CONFIRM_TOP, DEFAULT_TIME_BUDGET_S, SMOKE, SMOKE_POINTS, SearchSettings
 from tuner.space import METRIC, MODE, SEED_CONFIG, TIME_ATTR, param_space
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -32,7 +32,7 @@ def build_parser() -> Parser:
     p.add_argument("--num-samples", type=positive_int,
                    help=f"trials, the seed's config first (default {d.num_samples})")
     p.add_argument("--time-budget", type=budget.parse_duration, metavar="DURATION",
-                   help="wall-clock budget for the whole command, search and retrain: 90s, 20m, 1.5h or "
+                   help="wall-clock budget for the whole command, search and confirm stage: 90s, 20m, 1.5h or "
                    "seconds. The fidelity flags below that are not given are planned to fit it after a "
                    f"few seconds of calibration (default {DEFAULT_TIME_BUDGET_S // 60}m on a machine "
                    "with no GPU and none of the fidelity flags; with GPUs: none, full fidelity)")
@@ -47,15 +47,20 @@ def build_parser() -> Parser:
     p.add_argument("--gpus-per-trial", type=non_negative_float, help="GPU share per trial, at most 1 (a trial "
                    f"trains on one GPU); 0 forces CPU (default {resources.DEFAULT_GPU_SHARE} when GPUs exist)")
     p.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per trial (default: planned)")
-    p.add_argument("--retrain-seeds", type=positive_int, help="seeds for the final retrain "
-                   f"(default {d.retrain_seeds}, or planned to --time-budget)")
-    p.add_argument("--retrain-epochs", type=positive_int, help="epochs for the retrain (default = --max-epochs, "
-                   "or planned to --time-budget)")
+    p.add_argument("--confirm-top", type=positive_int, metavar="K", help="the search's K best distinct "
+                   f"configs are confirmed against the seed's (default {DEFAULT_CONFIRM_TOP}, at most --num-samples)")
+    p.add_argument("--confirm-seeds", "--retrain-seeds", type=positive_int, dest="confirm_seeds",
+                   help=f"seeds per confirmed config (default {d.confirm_seeds}, kept to the last by --time-budget)")
+    p.add_argument("--confirm-epochs", "--retrain-epochs", type=positive_int, dest="confirm_epochs",
+                   help="epochs per confirm run (default = --max-epochs, or planned to --time-budget)")
+    p.add_argument("--confirm-train-size", type=positive_int, help="images of the 50k train split per "
+                   "confirm run (default all, or planned to --time-budget)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="checkpoint each trial every N epochs (default auto: after the first epoch, then "
                    "whenever the epochs since the last save took about 20x the save's cost). A resumed or "
                    "retried trial loses the epochs since its last checkpoint")
-    p.add_argument("--no-retrain", action="store_true", help="stop after the search")
+    p.add_argument("--no-confirm", "--no-retrain", action="store_true", dest="no_confirm",
+                   help="stop after the search (confirm later with python -m tuner.retrain --search NAME)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST folder")
     p.add_argument("--out", type=Path, default=Path("results"), help="folder for the search's summary files")
     p.add_argument("--storage", help="Ray's experiment storage: a path or URI all nodes share (default <out>/ray)")
@@ -73,6 +78,7 @@ def build_parser() -> Parser:
                    "a parent run for the search, one nested run per trial; e.g. file:///tmp/mlruns or http://host:5000")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every trial checkpoint (default: "
                    "a finished search keeps only the best trial's last and those a --resume would load)")
+    add_compile_mode(p)
     p.add_argument("--smoke-test", action="store_true", help=f"tiny preset for tests: {SMOKE}, never "
                    "calibrated (with --time-budget, the budget is only the search's hard stop)")
     return p
@@ -81,10 +87,11 @@ def build_parser() -> Parser:
 def settings_from_args(args: argparse.Namespace, has_gpu: bool) -> SearchSettings:
     """Defaults < smoke preset < explicit flags. A time budget (--time-budget, or the default one
     on a machine with no GPU and no fidelity flag) makes it budget "time": plan_budget fills in
-    the fidelity flags not given (budget.plan_settings)."""
+    the fidelity flags not given (planning.plan_settings)."""
     explicit = {k: getattr(args, k) for k in
                 ("num_samples", "max_epochs", "train_size", "eval_size", "seed", "max_concurrent",
-                 "gpus_per_trial", "cpus_per_trial", "retrain_seeds", "retrain_epochs", "checkpoint_every")
+                 "gpus_per_trial", "cpus_per_trial", "confirm_top", "confirm_seeds", "confirm_epochs",
+                 "confirm_train_size", "checkpoint_every", "compile_mode")
                 if getattr(args, k) is not None}
     preset, kind, time_budget = {}, "full", args.time_budget
     if args.smoke_test:
@@ -99,7 +106,7 @@ def settings_from_args(args: argparse.Namespace, has_gpu: bool) -> SearchSetting
 def trial_base(settings: SearchSettings) -> TrainConfig:
     """The TrainConfig every trial starts from (Tune's sampled params replace lr, momentum, batch)."""
     return TrainConfig(epochs=settings.max_epochs, train_split="train", train_size=settings.train_size,
-                       eval_size=settings.eval_size, seed=settings.seed)
+                       eval_size=settings.eval_size, seed=settings.seed, **settings.compile_changes())
 
 
 def data_dir(args) -> str:
@@ -131,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                               settings.max_concurrent)
         if settings.time_budget_s is not None and settings.budget_plan is None:  # never on --resume
             fixed = {k: getattr(args, k) for k in budget.FIDELITY_FIELDS if getattr(args, k) is not None}
-            settings = budget.plan_settings(settings, plan, data_dir(args), trial_base(settings), fixed, started)
+            settings = planning.plan_settings(settings, plan, data_dir(args), trial_base(settings), fixed, started)
+        elif not args.resume and (line := gpu_estimate.predict_wall_time(
+                settings, plan, data_dir(args), trial_base(settings), started)) is not None:
+            say(line)  # no budget (GPUs, or fidelity flags): say how long the full recipe will take
     except ValueError as err:  # includes budget.BudgetTooSmall, after calibration
         cluster.disconnect()
         parser.fail(str(err))
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.disconnect()
         say("interrupted before the search started; nothing was written")
         return 130
-    return run(args, settings, plan, storage, out, name, ext)
+    return run(args, settings, plan, storage, out, name, ext, started)
 
 
 def planned_paths(args) -> tuple[Path, str]:
@@ -167,7 +177,7 @@ def resolve_experiment(args, storage: str, out: Path) -> tuple[str, SearchSettin
 
 
 def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out: Path, name: str,
-        ext: extend.Extension | None = None) -> int:
+        ext: extend.Extension | None = None, started: float | None = None) -> int:
     from ray import tune
 
     from tuner.trainable import train_s5
@@ -178,7 +188,7 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     if ext is not None:
         ext.save(summary_dir)  # the link to the parent, for the results and a --resume
         say(f"extending {ext.parent}: TPE warm-started with {len(ext.warm_start()[0])} of its trials")
-    if (line := budget.describe(settings)) is not None:
+    if (line := planning.describe(settings)) is not None:
         say(line)
     say(plan.describe())
     say(f"ASHA on {METRIC} ({MODE}) over epochs: max_t {settings.max_epochs}, grace period "
@@ -239,20 +249,44 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     say(f"best: lr {best['config']['lr']:.4g}, momentum {best['config']['momentum']:.3f}, "
         f"batch {best['config']['batch_size']} -> {METRIC} {best[METRIC]:.2f}% "
         f"(epoch {best['epoch']}); seed config: {best['seed_config_val_acc']:.2f}%")
-    if args.no_retrain:
-        cluster.disconnect()
+    try:  # on the search's Ray, so a cluster's nodes run the confirm runs: disconnect after
+        if not args.no_confirm:
+            confirm_stage(args, settings, summary_dir, out, started)
         return 0
-    from tuner import retrain
-
-    try:  # on the search's Ray, so a cluster's nodes run the retrain's runs: disconnect after
-        return retrain.main([
-            "--config", str(out / "best_config.json"), "--seeds", str(settings.retrain_seeds),
-            "--epochs", str(settings.retrain_epochs or settings.max_epochs),
-            "--cpus-per-run", str(plan.cpu_per_trial), "--gpus-per-run", f"{plan.gpu_per_trial:g}",
-            "--data-dir", str(args.data_dir), "--out", str(summary_dir)]
-            + (["--train-size", str(settings.retrain_train_size)] if settings.retrain_train_size else []))
+    except ValueError as err:  # e.g. a GPU share on a torch without CUDA, in a confirm run
+        say(f"error: the confirm stage failed: {err}")
+        return 1
     finally:
         cluster.disconnect()
+
+
+def confirm_stage(args, settings: SearchSettings, summary_dir: Path, out: Path, started: float | None) -> dict:
+    """The search's top configs and the seed's, on the search's Ray; best_config.json then names the
+    confirmed winner, with the search's own pick beside it."""
+    import pandas as pd
+    import ray
+
+    trials = retrain.read_trials(summary_dir)
+    cands = tuple(confirm.candidates(trials, settings.top))
+    runs = len(cands) * settings.confirm_seeds
+    plan = resources.plan(resources.alive_nodes(), settings.gpus_per_trial, settings.cpus_per_trial, runs)
+    left = None if settings.time_budget_s is None or started is None else \
+        settings.time_budget_s - (time.monotonic() - started)
+    epochs = pd.read_csv(summary_dir / "trial_epochs.csv").merge(trials[["trial_id", "batch_size"]], on="trial_id")
+    recipe, predicted_s = planning.confirm_recipe(settings, left, [c.config["batch_size"] for c in cands[:-1]],
+                                                  epochs, plan.concurrent)
+    job = retrain.Job(cands, recipe, data_dir(args), summary_dir, str(summary_dir / "trials.csv"),
+                      settings.compile_changes())
+    try:
+        rep = retrain.execute(job, plan, predicted_s)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, ValueError):
+            raise ValueError(str(err.cause)) from None
+        raise
+    publish.record_confirmation(out, summary_dir, rep)
+    if (mlflow := tracking.parent_of(summary_dir)) is not None:
+        tracking.log_final(*mlflow, rep, name="confirm")
+    return rep
 
 
 def build_tuner(trainable, settings: SearchSettings, plan: resources.Plan, storage: str, name: str,

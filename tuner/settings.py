@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_net import files
+from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
@@ -60,6 +62,7 @@ class SearchSettings:
     # the search's hard stop. Saved, so that --resume reuses it instead of recalibrating.
     budget_plan: dict | None = None
     checkpoint_every: int | None = None  # epochs between trial checkpoints; None = auto (trainable)
+    compile_mode: str | None = None  # --compile-mode (mnist_net.cli); None = TrainConfig's own (eager)
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_epochs", "confirm_seeds"):
@@ -92,6 +95,8 @@ class SearchSettings:
         for name in ("train_size", "confirm_train_size"):
             if (getattr(self, name) or 0) > 50_000:
                 raise ValueError(f"{name} {getattr(self, name)} exceeds the 50,000-image train split")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODE_CHOICES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODE_CHOICES}, got {self.compile_mode!r}")
         if self.eval_size is not None and self.eval_size > 10_000:
             raise ValueError(f"eval_size {self.eval_size} exceeds the 10,000-image val split")
 
@@ -102,6 +107,10 @@ class SearchSettings:
     @property
     def reduction_factor(self) -> int:
         return reduction_factor_for(self.max_epochs)
+
+    def compile_changes(self) -> dict:
+        """TrainConfig fields for compile_mode, as every CLI reads --compile-mode."""
+        return compile_changes(argparse.Namespace(compile_mode=self.compile_mode))
 
     @property
     def top(self) -> int:

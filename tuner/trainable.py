@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -13,6 +14,10 @@ from ray import tune
 from mnist_net.config import TrainConfig
 from mnist_net.engine import Training, build_training, cpu_state, fit
 from tuner.resources import explain_oom, worker_device, worker_splits
+
+# In the trial's process: Ray logs every checkpoint at INFO ("Checkpoint successfully created at"),
+# which would break the driver's one progress line (tuner.progress); failures still log.
+logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 CHECKPOINT_FILE = "state.pt"
 REPORTED = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s",
