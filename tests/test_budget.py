@@ -164,6 +164,11 @@ def test_a_budget_below_the_lowest_level_names_the_smallest_that_works():
     with pytest.raises(budget.BudgetTooSmall) as info:
         budget.choose(FLAT, lowest - 1, N, SLOTS, 30.0)
     assert f"the smallest budget that works here is {math.ceil(lowest / 60)}m" in str(info.value)
+    assert "and 4 configs to confirm" in str(info.value)  # K + 1 configs x 1 seed at the lowest level
+    # more configs to confirm need more time
+    with pytest.raises(budget.BudgetTooSmall, match="and 8 configs to confirm"):
+        budget.choose(FLAT, lowest - 1, N, SLOTS, 30.0, configs=8)
+    assert budget.predict(LADDER[-1], FLAT, N, SLOTS, 30.0, configs=8).total_s > lowest
     budget.choose(FLAT, math.ceil(lowest / 60) * 60, N, SLOTS, 30.0)  # which does
     # with a margin, the level must fit in the budget less the margin, and so must the smallest
     with pytest.raises(budget.BudgetTooSmall, match=f"works here is {math.ceil(lowest / 0.9 / 60)}m"):

@@ -1,4 +1,4 @@
-"""The notebook's full-recipe view: shown only for the search whose best config it retrained."""
+"""The notebook's full-recipe view, and which config it was of; the confirm stage's table and ranking."""
 
 import json
 
@@ -29,6 +29,32 @@ def test_full_recipe_of_this_search_replaces_only_the_retrain(tmp_path):
     assert full.retrain["epochs"] == 20 and full.best is rev.best and rev.retrain["epochs"] == 2
 
 
-def test_full_recipe_of_another_winner_is_not_shown(tmp_path):
+def test_full_recipe_of_another_winner_says_so(tmp_path):
     write_full(tmp_path, {**BEST, "lr": 0.01})
-    assert review.full_recipe(make_review(tmp_path), tmp_path) is None
+    rev = make_review(tmp_path)
+    full = review.full_recipe(rev, tmp_path)
+    assert "an earlier search's winner" in review.full_recipe_note(rev, full)
+    write_full_again = tmp_path / review.FULL_RECIPE_DIR / "retrain.json"
+    write_full_again.write_text(json.dumps({"epochs": 20, "best": {"config": BEST}}))
+    assert "this search's confirmed winner" in review.full_recipe_note(rev, review.full_recipe(rev, tmp_path))
+
+
+def entry(label, acc):
+    return {"label": label, "config": dict(BEST), "test_acc": [acc], "test_acc_mean": acc, "test_acc_std": 0.0,
+            "proxy_val_acc": acc - 1, "val_acc_mean": acc - 0.5}
+
+
+def test_confirm_table_lists_every_confirmed_config_and_marks_the_winner(tmp_path):
+    rev = make_review(tmp_path)
+    cands = [entry("trial 3", 99.0), entry("trial 7", 98.9), entry("seed_config", 98.5)]
+    rev.retrain = {"candidates": cands, "winner": {"label": "trial 3"}, "best": cands[0], "seed_config": cands[2],
+                   "ranking": {"tau": -0.33, "pvalue": 1.0, "configs": 3}, "warnings": ["the proxy ranked ..."]}
+    table = review.retrain_table(rev)
+    assert list(table["config"]) == ["trial 3", "trial 7", "seed_config"]
+    assert list(table["winner"]) == [True, False, False]
+    assert list(table["proxy_val_acc"]) == [98.0, 97.9, 97.5]
+    assert review.ranking(rev).splitlines() == ["proxy vs confirmation ranking of 3 configs: Kendall tau -0.33 (p = 1)",
+                                                "warning: the proxy ranked ..."]
+    old = {"best": entry("best", 99.0), "seed_config": entry("seed_config", 98.0)}  # a retrain.json from before
+    rev.retrain = old
+    assert list(review.retrain_table(rev)["config"]) == ["best", "seed_config"] and "no ranking" in review.ranking(rev)

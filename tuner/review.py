@@ -18,8 +18,8 @@ from tuner.results import PLOTS
 from tuner.settings import grace_period_for, reduction_factor_for
 from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR
 
-# Where `python -m tuner.retrain --epochs 20 --out results/full-recipe` (the README's full-recipe
-# check of the committed search's winner) leaves its retrain.json.
+# Where `python -m tuner.retrain --train-split train+val --epochs 20 --out results/full-recipe` (the
+# README's full-recipe check of a committed winner) leaves its retrain.json.
 FULL_RECIPE_DIR = "full-recipe"
 TABLE_COLUMNS = ["trial", *PARAMS, "best_val_acc", "best_epoch", "epochs_run", "stopped_early", "status"]
 
@@ -109,15 +109,21 @@ def trial_files(experiment: Path, max_epochs: int) -> tuple[pd.DataFrame, pd.Dat
 
 
 def full_recipe(review: Review, results: str | Path) -> Review | None:
-    """The same search with its retrain swapped for the full-recipe one, when that one was run for
-    this search's best config; else None. verdict, comparison_table and retrain_curves take it."""
+    """The same search with its confirmation swapped for the full-recipe check in results/full-recipe
+    (whichever config that was run for: full_recipe_note says); None when there is none."""
     path = Path(results) / FULL_RECIPE_DIR / "retrain.json"
     if not path.is_file() or review.best.get("running"):
         return None
-    full = json.loads(path.read_text())
-    if full.get("best", {}).get("config") != {p: review.best["config"][p] for p in PARAMS}:
-        return None  # a full-recipe run of an earlier search's winner
-    return replace(review, retrain=full)
+    return replace(review, retrain=json.loads(path.read_text()))
+
+
+def full_recipe_note(review: Review, full: Review) -> str:
+    """Whether the full-recipe check is of this search's confirmed winner, or of an earlier one."""
+    checked = full.retrain["best"]["config"]
+    if checked == {p: review.best["config"][p] for p in PARAMS}:
+        return f"the full-recipe check is of this search's confirmed winner {checked}"
+    return (f"the full-recipe check is of {checked} (an earlier search's winner), not of this search's "
+            f"confirmed winner {review.best['config']}")
 
 
 def trial_table(review: Review) -> pd.DataFrame:
@@ -190,14 +196,26 @@ def trial_curves(review: Review) -> Figure:
 
 
 def retrain_table(review: Review) -> pd.DataFrame:
-    """Best vs seed config on test, mean ± std over the retrain seeds."""
-    rows = []
-    for label in ("best", "seed_config"):
-        r = review.retrain[label]
-        rows.append({"config": label, **r["config"], "seeds": len(r["test_acc"]),
-                     "test_acc_mean": r["test_acc_mean"], "test_acc_std": r["test_acc_std"],
-                     "test_acc": r["test_acc"]})
+    """Every confirmed config (the search's top K and the seed's): the search's proxy score, the mean
+    val_acc the winner was chosen on, test mean ± std over the seeds. Older files: best and seed only."""
+    entries = review.retrain.get("candidates") or [review.retrain[k] for k in ("best", "seed_config")]
+    winner = review.retrain.get("winner", {}).get("label")
+    rows = [{"config": e.get("label", k), **e["config"], "seeds": len(e["test_acc"]),
+             "proxy_val_acc": e.get("proxy_val_acc"), "val_acc_mean": e.get("val_acc_mean"),
+             "test_acc_mean": e["test_acc_mean"], "test_acc_std": e["test_acc_std"],
+             "winner": e.get("label") == winner}
+            for k, e in zip(("best", "seed_config", *[""] * (len(entries) - 2)), entries, strict=True)]
     return pd.DataFrame(rows)
+
+
+def ranking(review: Review) -> str:
+    """How well the search's proxy ranked the confirmed configs (Kendall's tau), and any warning."""
+    rank = review.retrain.get("ranking") or {}
+    if not rank or rank.get("tau") is None or rank["tau"] != rank["tau"]:
+        return "no ranking: fewer than two confirmed configs with a proxy score, or no selection split"
+    lines = [f"proxy vs confirmation ranking of {rank['configs']} configs: Kendall tau {rank['tau']:+.2f} "
+             f"(p = {rank['pvalue']:.2g})"]
+    return "\n".join(lines + [f"warning: {w}" for w in review.retrain.get("warnings", [])])
 
 
 def verdict(review: Review) -> str:
@@ -226,17 +244,22 @@ def comparison_table(review: Review) -> pd.DataFrame | None:
 
 
 def retrain_curves(review: Review) -> Figure:
-    """Train loss and test accuracy per epoch, every retrain seed, best vs seed config."""
+    """Train loss and the per-epoch score (val when the stage selects on it; test for the seed's 60k
+    recipe, as the seed logged it), every seed, best vs seed config."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(14, 5))
+    first = review.retrain["best"]["epochs_history"][0]
+    key = "val_acc" if first and "val_acc" in first[0] else "test_acc"
     for label, color in (("best", "tab:blue"), ("seed_config", "tab:orange")):
+        name = review.retrain[label].get("label", label)
         for i, history in enumerate(review.retrain[label]["epochs_history"]):
             epochs = [e["epoch"] for e in history]
-            kw = {"color": color, "alpha": 0.8, "label": label if i == 0 else None}
+            kw = {"color": color, "alpha": 0.8, "label": name if i == 0 else None}
             ax_loss.plot(epochs, [e["train_loss"] for e in history], **kw)
-            ax_acc.plot(epochs, [e["test_acc"] for e in history], marker="o", **kw)
+            ax_acc.plot(epochs, [e[key] for e in history], marker="o", **kw)
     ax_loss.set_title("train loss")
-    ax_acc.set_title("test accuracy (%)")
+    ax_acc.set_title(f"{key.split('_')[0]} accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     return fig
