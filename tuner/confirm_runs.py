@@ -102,6 +102,7 @@ def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resourc
         dict(c.config), s, recipe, data_dir, plan.cpu_per_trial, changes): (c, s) for c, s in missing}
     bar = progress.runs_bar(len(runs), predicted_s, "confirm")
     bar.update(len(runs) - len(missing))  # read back from the store
+    bar.refresh()
     pending = list(refs)
     try:
         while pending:

@@ -203,7 +203,7 @@ def retrain_table(review: Review) -> pd.DataFrame:
     rows = [{"config": e.get("label", k), **e["config"], "seeds": len(e["test_acc"]),
              "proxy_val_acc": e.get("proxy_val_acc"), "val_acc_mean": e.get("val_acc_mean"),
              "test_acc_mean": e["test_acc_mean"], "test_acc_std": e["test_acc_std"],
-             "winner": e.get("label") == winner}
+             "winner": winner is not None and e.get("label", k) == winner}
             for k, e in zip(("best", "seed_config", *[""] * (len(entries) - 2)), entries, strict=True)]
     return pd.DataFrame(rows)
 
