@@ -48,26 +48,26 @@ class TrainConfig:
     compile_mode: str = "default"
 
     def __post_init__(self) -> None:
-        _check(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0,
+        _check(is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0,
                f"lr must be a positive number, got {self.lr!r}")
-        _check(_is_number(self.momentum) and 0 <= self.momentum < 1,
+        _check(is_number(self.momentum) and 0 <= self.momentum < 1,
                f"momentum must be in [0, 1), got {self.momentum!r}")
         for name in ("batch_size", "epochs"):
             value = getattr(self, name)
-            _check(_is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
-        _check(self.step_size is None or (_is_int(self.step_size) and self.step_size > 0),
+            _check(is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        _check(self.step_size is None or (is_int(self.step_size) and self.step_size > 0),
                f"step_size must be a positive integer or None, got {self.step_size!r}")
-        _check(_is_number(self.decay_fraction) and 0 < self.decay_fraction <= 1,
+        _check(is_number(self.decay_fraction) and 0 < self.decay_fraction <= 1,
                f"decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
-        _check(_is_number(self.gamma) and 0 < self.gamma <= 1,
+        _check(is_number(self.gamma) and 0 < self.gamma <= 1,
                f"gamma must be in (0, 1], got {self.gamma!r}")
-        _check(_is_int(self.seed) and self.seed >= 0,
+        _check(is_int(self.seed) and self.seed >= 0,
                f"seed must be a non-negative integer, got {self.seed!r}")
         _check(self.train_split in TRAIN_SPLITS,
                f"train_split must be one of {TRAIN_SPLITS}, got {self.train_split!r}")
         for name in ("train_size", "eval_size"):
             value = getattr(self, name)
-            _check(value is None or (_is_int(value) and value > 0),
+            _check(value is None or (is_int(value) and value > 0),
                    f"{name} must be a positive integer or None, got {value!r}")
         _check(self.precision in PRECISIONS,
                f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -112,11 +112,13 @@ def load_config_file(path: str | Path, base: TrainConfig | None = None) -> Train
     return TrainConfig.from_dict(data, base)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_number(value: Any) -> bool:
+    """A real number: not a bool (True is not 1.0 here), not NaN. The one check every config uses."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (True is not a count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -20,6 +20,7 @@ EVAL_BATCH = 1000  # on a GPU: few, large launches
 # On a CPU, 250 images' activations stay in cache: 20-28% less CPU time per image than 1000, in
 # three runs on EPYC (native bf16 and emulated AVX2; bench/RESULTS.md, cpu_options).
 CPU_EVAL_BATCH = 250
+CHANCE_ACC = 10.0  # what a diverged run scores: 1 in 10 digits
 DIVERGENCE_CHECK_EVERY = 16  # batches between host syncs that look for a non-finite loss
 # GPU bytes one image of an augmentation chunk can hold at its peak, reasoned, not measured:
 # float pixels (3,136) + affine_grid's base grid (28x28x3 floats: 9,408) and sampling grid
@@ -240,7 +241,7 @@ def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
             # The epoch's last steps can leave non-finite weights behind a still-finite loss.
             diverged = not math.isfinite(ev.loss)
         if diverged:
-            record.update({f"{name}_loss": float("nan"), f"{name}_acc": 10.0, "diverged": True})
+            record.update({f"{name}_loss": float("nan"), f"{name}_acc": CHANCE_ACC, "diverged": True})
         else:
             record.update({f"{name}_loss": ev.loss, f"{name}_acc": ev.acc, "diverged": False})
         history.epochs.append(record)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
+from mnist_net.config import is_int, is_number
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
@@ -67,24 +68,24 @@ class SearchSettings:
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_epochs", "confirm_seeds"):
             value = getattr(self, name)
-            if not (_is_int(value) and value > 0):
+            if not (is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("train_size", "eval_size", "max_concurrent", "cpus_per_trial",
                      "confirm_top", "confirm_epochs", "confirm_train_size", "checkpoint_every"):
             value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value > 0):
+            if value is not None and not (is_int(value) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (_is_int(self.seed) and self.seed >= 0):
+        if not (is_int(self.seed) and self.seed >= 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         g = self.gpus_per_trial
-        if g is not None and not (_is_number(g) and 0 <= g <= 1):
+        if g is not None and not (is_number(g) and 0 <= g <= 1):
             # engine and trainable train on one device: a second GPU would sit idle, booked
             raise ValueError(f"a trial trains on one GPU: gpus_per_trial must be 0 (CPU) or a share in "
                              f"(0, 1], got {g!r}")
         t = self.time_budget_s
-        if t is not None and not (_is_number(t) and 0 < t < math.inf):
+        if t is not None and not (is_number(t) and 0 < t < math.inf):
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {t!r}")
         if (self.budget == "time" and t is None) or (self.budget == "full" and t is not None):
             raise ValueError(f"budget {self.budget!r} with time_budget_s {t!r}: a time budget plans "
@@ -135,11 +136,3 @@ class SearchSettings:
             return cls(**{RENAMED.get(k, k): v for k, v in saved.items()})
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"cannot read the saved search settings {path}: {err}") from None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is not a count
