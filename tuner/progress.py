@@ -129,8 +129,13 @@ class SearchProgress(Callback):
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self._draw(trials)
-        if self._bar is not None:
-            self._bar.close()
+        self.close()
+
+    def close(self) -> None:
+        """End the line (also after Ctrl-C, where Tune calls no on_experiment_end), so that what
+        is printed next starts on a line of its own."""
+        if self._bar is not None and not self._bar.disable:
+            self._bar.close()  # tqdm: once; its desc (the line) stays readable
 
     @property
     def line(self) -> str:

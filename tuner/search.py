@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -225,9 +227,10 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
     hard_stop = settings.search_time_budget_s
     by_budget = unfinished and hard_stop is not None and time.time() - start >= hard_stop
     if grid is None or (unfinished and not by_budget):
-        say(f"search interrupted; its state is saved. Resume with: {resume}")
-        watching.end(None, interrupted=True)
-        cluster.disconnect()
+        with sigint_ignored():  # one more Ctrl-C must not cut ray.shutdown() and leave Ray running
+            watching.end(None, interrupted=True)  # first: it ends the progress line
+            say(f"search interrupted; its state is saved. Resume with: {resume}")
+            cluster.disconnect()
         return 130
     if by_budget:
         say(f"search stopped by its time budget ({budget.format_duration(hard_stop)}): publishing the trials "
@@ -258,6 +261,20 @@ def run(args, settings: SearchSettings, plan: resources.Plan, storage: str, out:
         return 1
     finally:
         cluster.disconnect()
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """Ctrl-C ignored inside (the main thread only: elsewhere Python refuses to set handlers)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def confirm_stage(args, settings: SearchSettings, summary_dir: Path, out: Path, started: float | None) -> dict:

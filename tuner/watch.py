@@ -19,7 +19,9 @@ class Watch:
     callbacks: list = field(default_factory=list)
 
     def end(self, best: dict | None, interrupted: bool = False) -> None:
-        """Close the MLflow parent run: FINISHED with the search's best, or KILLED."""
+        """End the progress line; close the MLflow parent run: FINISHED with the search's best, or KILLED."""
+        for callback in self.callbacks:
+            getattr(callback, "close", lambda: None)()
         if self.mlflow_uri and self.parent_run_id:
             tracking.end_search(self.mlflow_uri, self.parent_run_id, best, "KILLED" if interrupted else "FINISHED")
 
