@@ -13,6 +13,7 @@ import math
 import shutil
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 from mnist_net import files
@@ -28,8 +29,16 @@ def storage_url(path: Path) -> str:
 
 def rdb_storage(path: Path):
     import optuna
+    import sqlalchemy
 
-    return optuna.storages.RDBStorage(storage_url(path), engine_kwargs={"connect_args": {"timeout": LOCK_WAIT_S}})
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(storage_url(path),
+                                              engine_kwargs={"connect_args": {"timeout": LOCK_WAIT_S}})
+        except sqlalchemy.exc.IntegrityError:  # a reader (dashboard) made the new file's schema this instant
+            if attempt == 2:
+                raise
+            time.sleep(0.2)  # then it exists: the next try finds it
 
 
 def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
