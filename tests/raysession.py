@@ -70,3 +70,43 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(extra)
     return env
+
+
+# --- for tests that place tasks on (fake) GPUs inside this process's Ray ---------------------------
+
+def _remote_actor(cls):
+    import ray  # here: the child-process helpers above never need Ray in this process
+    import ray.cloudpickle
+
+    # Ray's workers cannot import this tests-only module: ship its functions by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray.remote(num_cpus=0)(cls)
+
+
+@_remote_actor
+class Barrier:
+    """Holds tasks until `n` have arrived, so that they hold their GPU shares at the same time."""
+
+    def __init__(self, n: int):
+        self.n, self.arrived = n, 0
+
+    def arrive(self) -> None:
+        self.arrived += 1
+
+    def all_here(self) -> bool:
+        return self.arrived >= self.n
+
+
+def gpu_id_while_all_run(barrier) -> str:
+    """A task body (wrap it with ray.remote): wait until every task of the barrier runs, then say
+    which one GPU id Ray gave this one."""
+    import ray
+
+    ray.get(barrier.arrive.remote())
+    deadline = time.monotonic() + 60
+    while not ray.get(barrier.all_here.remote()):
+        assert time.monotonic() < deadline, "the tasks never ran at the same time"
+        time.sleep(0.05)
+    ids = ray.get_gpu_ids()
+    assert len(ids) == 1
+    return str(ids[0])

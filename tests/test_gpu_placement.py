@@ -4,11 +4,11 @@ Ray lends GPU ids it is told exist. They are ids no machine has (90, 91), so tor
 workers sees no GPU here and on a machine with GPUs alike: the tests read the same everywhere.
 """
 
-import time
 from collections import Counter
 
 import pytest
 import ray
+from raysession import Barrier, gpu_id_while_all_run
 
 from tuner import resources
 
@@ -29,35 +29,10 @@ def fake_gpu_ray():
             ray.shutdown()
 
 
-@ray.remote(num_cpus=0)
-class Barrier:
-    """Holds tasks until `n` have arrived, so that they hold their GPU shares at the same time."""
-
-    def __init__(self, n: int):
-        self.n, self.arrived = n, 0
-
-    def arrive(self) -> None:
-        self.arrived += 1
-
-    def all_here(self) -> bool:
-        return self.arrived >= self.n
-
-
-@ray.remote
-def gpu_id_while_all_run(barrier) -> str:
-    ray.get(barrier.arrive.remote())
-    deadline = time.monotonic() + 60
-    while not ray.get(barrier.all_here.remote()):
-        assert time.monotonic() < deadline, "the tasks never ran at the same time"
-        time.sleep(0.05)
-    ids = ray.get_gpu_ids()
-    assert len(ids) == 1
-    return str(ids[0])
-
-
 def gpu_ids(n: int, share: float, cpus: int = 1) -> Counter:
     barrier = Barrier.remote(n)
-    refs = [gpu_id_while_all_run.options(num_cpus=cpus, num_gpus=share).remote(barrier) for _ in range(n)]
+    task = ray.remote(gpu_id_while_all_run)
+    refs = [task.options(num_cpus=cpus, num_gpus=share).remote(barrier) for _ in range(n)]
     return Counter(ray.get(refs, timeout=120))
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import ray
+from raysession import Barrier, gpu_id_while_all_run
 
 from mnist_net.config import TrainConfig
 from tuner import calibrate, resources
@@ -60,27 +61,6 @@ def test_calibration_tasks_on_gpus_each_get_a_fresh_worker(six_cpus_two_gpus, mo
     monkeypatch.setattr(calibrate, "calibration_task", fake_calibration_task)
     runs = calibrate.calibration_runs("/nowhere", TrainConfig(), 1, 1.0, 4)  # 4 tasks, 2 GPUs
     assert len({r["pid"] for r in runs}) == 4
-
-
-@ray.remote(num_cpus=0)
-class Barrier:
-    def __init__(self, n: int):
-        self.n, self.arrived = n, 0
-
-    def arrive(self) -> None:
-        self.arrived += 1
-
-    def all_here(self) -> bool:
-        return self.arrived >= self.n
-
-
-def gpu_id_while_all_run(barrier) -> str:
-    ray.get(barrier.arrive.remote())
-    deadline = time.monotonic() + 60
-    while not ray.get(barrier.all_here.remote()):
-        assert time.monotonic() < deadline, "the tasks never ran at the same time"
-        time.sleep(0.05)
-    return str(ray.get_gpu_ids()[0])
 
 
 def test_six_runs_on_two_gpus_land_three_and_three(six_cpus_two_gpus):
