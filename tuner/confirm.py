@@ -109,7 +109,7 @@ def select(cands: list[Candidate], summaries: dict[str, dict]) -> tuple[Candidat
     """(winner, challenger, why): the winner has the best mean val_acc over seeds (diverged runs score
     chance); the challenger is the best searched config, which the verdict compares with the seed's."""
     searched = [c for c in cands if not c.is_seed]
-    if len(searched) == 1 and not summaries[searched[0].label]["val_acc_mean"]:
+    if len(searched) == 1 and summaries[searched[0].label]["val_acc_mean"] is None:  # the 60k recipe: no val
         return searched[0], searched[0], "one config besides the seed's: nothing to select"
     score = {c.label: summaries[c.label]["val_acc_mean"] for c in cands}
     winner = max(cands, key=lambda c: score[c.label])  # max keeps the first of equals: the proxy's order

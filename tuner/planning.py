@@ -81,8 +81,8 @@ def confirm_recipe(settings: SearchSettings, left_s: float | None = None, batch_
     thr = measured(Throughput(train={int(b): v for b, v in record["throughput"]["train_images_per_s"].items()},
                               eval=record["throughput"]["eval_images_per_s"]), epochs)
     f = Fidelity(**record["fidelity"])
-    e, n = raise_confirm(f, thr, left_s - PUBLISH_S, [1 / thr.train[b] for b in batch_sizes], concurrent)
-    speeds = [1 / thr.train[b] for b in batch_sizes]
+    speeds = [1 / thr.train[b] for b in batch_sizes]  # seconds per image, each candidate's batch size
+    e, n = raise_confirm(f, thr, left_s - PUBLISH_S, speeds, concurrent)
     predicted = confirm_time(f.confirm_seeds, e, n, speeds, thr, concurrent)
     say(f"confirm stage: {format_duration(left_s)} left of the budget -> {e} epochs x {n:,} images per run "
         f"(planned {f.confirm_epochs} x {f.confirm_train_size:,}), predicted {format_duration(predicted)}")
