@@ -20,25 +20,20 @@ seed's rotation was nearest-neighbour, and it trains in bf16.
 
 from __future__ import annotations
 
-import os
+import statistics
+import time
+from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning; see bench/train_speed.py.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from torch.utils.data import Subset
 
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
-
-from bench import common  # noqa: E402
-from mnist_net.cli import Parser, non_negative_int, positive_float, positive_int, say  # noqa: E402
-from mnist_net.config import TrainConfig  # noqa: E402
-from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, Split, load_splits  # noqa: E402
-from mnist_net.download import ensure_mnist  # noqa: E402
-from mnist_net.engine import build_training, evaluate, train_epoch  # noqa: E402
-from mnist_net.runtime import autocast_dtype  # noqa: E402
+from bench import common
+from mnist_net.cli import Parser, non_negative_int, positive_float, positive_int, say
+from mnist_net.config import TrainConfig
+from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, Split, load_splits
+from mnist_net.download import ensure_mnist
+from mnist_net.engine import build_training, evaluate, train_epoch
+from mnist_net.runtime import autocast_dtype
 
 TRAIN_SIZE, EPOCHS, BATCH, SEEDS, TOLERANCE_PP = 4096, 3, 64, (1, 2), 1.0
 SUBSET_SEED = 0  # the same training images for every seed and path

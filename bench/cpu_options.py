@@ -15,20 +15,17 @@ Run it once natively and once as `ONEDNN_MAX_CPU_ISA=AVX2 python -m bench.cpu_op
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mnist_net sets it (read when torch loads)
+import torch
 
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from bench import common  # noqa: E402
-from mnist_net.cli import Parser, positive_int, say  # noqa: E402
-from mnist_net.config import TrainConfig  # noqa: E402
-from mnist_net.data import DEFAULT_DATA_DIR, Split, load_splits  # noqa: E402
-from mnist_net.engine import build_training, evaluate, train_epoch  # noqa: E402
-from mnist_net.runtime import autocast_dtype, cpu_has_bf16  # noqa: E402
+from bench import common
+from mnist_net.cli import Parser, positive_int, say
+from mnist_net.config import TrainConfig
+from mnist_net.data import DEFAULT_DATA_DIR, Split, load_splits
+from mnist_net.engine import build_training, evaluate, train_epoch
+from mnist_net.runtime import autocast_dtype, cpu_has_bf16
 
 QUICK = {"images": 64, "eval_images": 200, "repeats": 1, "batches": "32", "eval_batches": "100"}
 

@@ -22,24 +22,21 @@ measurement, so a run cut short keeps what it measured; --budget-s stops startin
 
 from __future__ import annotations
 
+import argparse
 import os
+import tempfile
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads libgomp
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
 
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
-
-from bench import common, gpu_paths, gpu_procs, gpu_report  # noqa: E402
-from mnist_net import files  # noqa: E402
-from mnist_net.cli import Parser, positive_int, say  # noqa: E402
-from mnist_net.data import Split  # noqa: E402
-from mnist_net.runtime import cpu_has_bf16, pick_device  # noqa: E402
+from bench import common, gpu_paths, gpu_procs, gpu_report
+from mnist_net import files
+from mnist_net.cli import Parser, positive_int, say
+from mnist_net.data import Split
+from mnist_net.runtime import cpu_has_bf16, pick_device
 
 DEFAULT_OUT = common.REPO_ROOT / "bench" / "gpu-results"
 BUDGET_S = 420  # gpu.sh kills at 470 s; the last section started may still need a minute

@@ -9,22 +9,19 @@ them on its own clock: aggregate images/s = all images / wall time from GO to th
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (K processes share the CPUs)
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from bench import common, gpu_paths  # noqa: E402
-from mnist_net.data import Split  # noqa: E402
-from mnist_net.runtime import autocast_dtype, pick_device  # noqa: E402
+from bench import common, gpu_paths
+from mnist_net.data import Split
+from mnist_net.runtime import autocast_dtype, pick_device
 
 MARK = "GPU_PROCS "
 SLICE_STEPS = 16  # steps per train_epoch call: the worker looks at the clock (and syncs) between calls

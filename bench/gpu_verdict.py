@@ -13,23 +13,21 @@ would make the verdict meaningless, so it refuses to run without them.
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from bench import common, gpu_paths, verdict_stats  # noqa: E402  (gpu_paths first: filelock stub)
-from mnist_net import files  # noqa: E402
-from mnist_net.cli import Parser, positive_int, say  # noqa: E402
-from mnist_net.config import HYPERPARAMETERS, TrainConfig  # noqa: E402
-from mnist_net.data import Split  # noqa: E402
-from mnist_net.engine import build_training, fit, predict  # noqa: E402
-from mnist_net.runtime import autocast, autocast_dtype, pick_device  # noqa: E402
+from bench import common, gpu_paths, verdict_stats  # gpu_paths first: its filelock stub
+from mnist_net import files
+from mnist_net.cli import Parser, positive_int, say
+from mnist_net.config import TrainConfig
+from mnist_net.data import Split
+from mnist_net.engine import build_training, fit, predict
+from mnist_net.runtime import autocast, autocast_dtype, pick_device
+from tuner.space import PARAMS  # the search space's names only: tuner.space imports no Ray
 
 DEFAULT_CONFIGS = common.REPO_ROOT / "results" / "best_config.json"
 DEFAULT_OUT = common.REPO_ROOT / "bench" / "gpu-results"
@@ -60,7 +58,7 @@ def load_mnist(data_dir: Path) -> tuple[Split, Split]:
 def read_configs(path: Path) -> dict[str, dict]:
     data = json.loads(path.read_text())
     found = {"best": data.get("config"), "seed_config": data.get("seed_config", TrainConfig().to_dict())}
-    return {name: {k: cfg[k] for k in HYPERPARAMETERS} for name, cfg in found.items()}
+    return {name: {k: cfg[k] for k in PARAMS} for name, cfg in found.items()}
 
 
 def run_one(params: dict, seed: int, args, train: Split, test: Split, device: torch.device) -> dict:

@@ -10,29 +10,24 @@ of torchvision's MNIST tensors and build their batches with PIL.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning; see bench/train_speed.py.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from torch.utils.data import Subset
+from torchvision import datasets
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
-from torchvision import datasets  # noqa: E402
-
-from bench import common  # noqa: E402
-from mnist_net.cli import Parser, positive_int, say  # noqa: E402
-from mnist_net.config import TrainConfig  # noqa: E402
-from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, load_splits  # noqa: E402
-from mnist_net.download import ensure_mnist  # noqa: E402
-from mnist_net.engine import build_training, train_epoch  # noqa: E402
-from mnist_net.runtime import autocast_dtype, pick_device  # noqa: E402
+from bench import common
+from mnist_net.cli import Parser, positive_int, say
+from mnist_net.config import TrainConfig
+from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, load_splits
+from mnist_net.download import ensure_mnist
+from mnist_net.engine import build_training, train_epoch
+from mnist_net.runtime import autocast_dtype, pick_device
 
 IMAGES = 2048  # 4 batches of 512: the peak is reached within the first few batches
 QUICK = {"images": 256, "batch_size": 128}

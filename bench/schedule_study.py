@@ -36,7 +36,7 @@ def run_one(cfg: TrainConfig, splits, device) -> dict:
     start = time.perf_counter()
     history = fit(cfg, train, val, device=device)
     last = history.epochs[-1]
-    return {"val_acc": last["val_acc"], "val_loss": last["val_loss"],
+    return {"val_acc": last.val_acc, "val_loss": last.val_loss,
             "seconds": round(time.perf_counter() - start, 1)}
 
 

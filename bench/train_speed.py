@@ -14,27 +14,21 @@ and each option's step ratio and share of the total gain (its log-ratio over the
 
 from __future__ import annotations
 
-import os
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning (read once, when torch loads libgomp): on a
-# small shared machine spinning threads starve the loader workers and other jobs.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from torch.utils.data import Subset
 
-import math  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
-
-from bench import common  # noqa: E402
-from mnist_net.cli import Parser, positive_int, say  # noqa: E402
-from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, Split, load_splits  # noqa: E402
-from mnist_net.download import ensure_mnist  # noqa: E402
-from mnist_net.engine import train_epoch  # noqa: E402
-from mnist_net.model import Net  # noqa: E402
-from mnist_net.runtime import autocast_dtype  # noqa: E402
+from bench import common
+from mnist_net.cli import Parser, positive_int, say
+from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, Split, load_splits
+from mnist_net.download import ensure_mnist
+from mnist_net.engine import train_epoch
+from mnist_net.model import Net
+from mnist_net.runtime import autocast_dtype
 
 IMAGES, REPEATS = 3072, 5  # full run: ~5 min on 2 busy EPYC cores (the seed path dominates)
 QUICK = {"images": 128, "repeats": 1, "batch_size": 64}

@@ -17,10 +17,6 @@ MEAN, STD = 0.1307, 0.3081
 CROP_P, CROP_SIZE, DEGREES = 0.1, 22, 15.0
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - MEAN) / STD
-
-
 def affine_params(n: int, generator: torch.Generator, device: torch.device,
                   crop_p: float = CROP_P, crop_size: int = CROP_SIZE,
                   degrees: float = DEGREES) -> torch.Tensor:
@@ -39,8 +35,3 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     # padding zeros == the seed's fill=0 (black), applied before normalisation.
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, **params) -> torch.Tensor:
-    """x: (B, 1, 28, 28) float in [0, 1] -> same shape and dtype, each image transformed."""
-    return warp(x, affine_params(x.shape[0], generator, x.device, **params))

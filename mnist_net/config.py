@@ -13,8 +13,6 @@ from mnist_net import files
 TRAIN_SPLITS = ("train", "train+val")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-# The keys a JSON config may set: the hyperparameters, not the machine.
-HYPERPARAMETERS = ("lr", "momentum", "batch_size")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 from mnist_net.augment import MEAN, STD, affine_params, warp
 from mnist_net.download import ensure_mnist
 
-N_TRAIN = 50_000
+N_TRAIN, N_VAL, N_TEST = 50_000, 10_000, 10_000  # MNIST's 60k training file = train + val; its test file
 DEFAULT_DATA_DIR = Path(os.environ.get("MNIST_DATA_DIR", "~/.cache/mnist-s5")).expanduser()
 # Images prepared per batched call. A GPU takes a whole epoch at once (60k images: ~0.6 GB of
 # float pixels and sampling grid; a few calls instead of ~100 launches per step). On a CPU calls
@@ -101,7 +101,7 @@ def batches(split: Split, batch_size: int, *, generator: torch.Generator | None 
         x = images.float().div_(255.0)
         if theta is not None:
             x = warp(x, theta[part])
-        x = x.sub_(MEAN).div_(STD)  # == normalize(x), in place on our own copy
+        x = x.sub_(MEAN).div_(STD)  # == (x - MEAN) / STD, in place on our own copy
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for start in range(0, len(labels), batch_size):

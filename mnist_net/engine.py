@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,9 @@ class EpochStats:
 class EvalStats:
     loss: float  # summed nll / N, as the seed's test()
     acc: float  # percent
+
+
+DIVERGED_SCORES = EvalStats(loss=float("nan"), acc=CHANCE_ACC)  # a diverged epoch's, not evaluated
 
 
 @dataclass
@@ -90,9 +93,55 @@ def cpu_state(obj):
     return obj
 
 
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch as fit reports it. Only the evaluated split's scores are set: val when training
+    on train, test on train+val (data.eval_split_name); the other split's stay None."""
+
+    epoch: int
+    lr: float  # the lr this epoch trained with
+    train_loss: float
+    train_acc: float
+    epoch_seconds: float  # training only
+    images_per_s: float
+    eval_seconds: float | None  # None: training diverged, so nothing was evaluated
+    val_loss: float | None
+    val_acc: float | None
+    test_loss: float | None
+    test_acc: float | None
+    diverged: bool
+
+    @classmethod
+    def of(cls, epoch: int, lr: float, train: EpochStats, split: str, scores: EvalStats,
+           eval_seconds: float | None) -> EpochRecord:
+        """The record of an epoch scored `scores` on `split` ("val" or "test"); a non-finite
+        eval loss (DIVERGED_SCORES) marks it diverged."""
+        val, test = (scores, None) if split == "val" else (None, scores)
+        return cls(epoch=epoch, lr=lr, train_loss=train.loss, train_acc=train.acc,
+                   epoch_seconds=train.seconds, images_per_s=train.images_per_s, eval_seconds=eval_seconds,
+                   val_loss=val.loss if val else None, val_acc=val.acc if val else None,
+                   test_loss=test.loss if test else None, test_acc=test.acc if test else None,
+                   diverged=not math.isfinite(scores.loss))
+
+    @property
+    def eval_split(self) -> str:
+        return "val" if self.val_acc is not None else "test"
+
+    @property
+    def scores(self) -> EvalStats:
+        """Loss and accuracy on eval_split (nan and CHANCE_ACC once diverged)."""
+        if self.eval_split == "val":
+            return EvalStats(self.val_loss, self.val_acc)
+        return EvalStats(self.test_loss, self.test_acc)
+
+    def to_dict(self) -> dict:
+        """The JSON record: only what was measured (the None fields left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 @dataclass
 class History:
-    epochs: list[dict] = field(default_factory=list)
+    epochs: list[EpochRecord] = field(default_factory=list)
     diverged: bool = False
 
 
@@ -206,7 +255,7 @@ def predict(model: nn.Module, data: Split, *, batch_size: int | None = None,
     return torch.cat([model(x).argmax(1) for x, _ in batches(data, batch_size, channels_last=channels_last)])
 
 
-EpochCallback = Callable[[dict, Training], None]
+EpochCallback = Callable[[EpochRecord, Training], None]
 
 
 def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
@@ -231,23 +280,18 @@ def fit(cfg: TrainConfig, train: Split, evals: Split, *, device: torch.device,
                             generator=gen, augment=cfg.augment, amp_dtype=amp,
                             channels_last=cfg.channels_last, scaler=training.scaler, chunk=chunk)
         training.scheduler.step()
-        record = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_acc": stats.acc,
-                  "epoch_seconds": stats.seconds, "images_per_s": stats.images_per_s}
-        diverged = stats.diverged
-        if not diverged:
+        scores, eval_seconds = DIVERGED_SCORES, None
+        if not stats.diverged:
             eval_start = time.perf_counter()
-            ev = evaluate(training.forward, evals, amp_dtype=amp, channels_last=cfg.channels_last)
-            record["eval_seconds"] = time.perf_counter() - eval_start
-            # The epoch's last steps can leave non-finite weights behind a still-finite loss.
-            diverged = not math.isfinite(ev.loss)
-        if diverged:
-            record.update({f"{name}_loss": float("nan"), f"{name}_acc": CHANCE_ACC, "diverged": True})
-        else:
-            record.update({f"{name}_loss": ev.loss, f"{name}_acc": ev.acc, "diverged": False})
+            scores = evaluate(training.forward, evals, amp_dtype=amp, channels_last=cfg.channels_last)
+            eval_seconds = time.perf_counter() - eval_start
+        if not math.isfinite(scores.loss):  # the last steps can leave non-finite weights behind a finite loss
+            scores = DIVERGED_SCORES
+        record = EpochRecord.of(epoch, lr, stats, name, scores, eval_seconds)
         history.epochs.append(record)
         if callback is not None:
             callback(record, training)
-        if diverged:
+        if record.diverged:
             history.diverged = True
             break
     return history

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from mnist_net import files
+from mnist_net.engine import EpochRecord
 
 
 def save(fig: Figure, path: str | Path | None) -> Figure:
@@ -19,8 +20,11 @@ def save(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
-def curves(epochs: Sequence[dict], path: str | Path | None = None, title: str = "") -> Figure:
-    """The seed's 2x2: train loss, train acc, eval (test or val) loss, eval acc per epoch."""
+def curves(epochs: Sequence[EpochRecord | Mapping], path: str | Path | None = None, title: str = "") -> Figure:
+    """The seed's 2x2: train loss, train acc, eval (test or val) loss, eval acc per epoch.
+
+    epochs: fit's records (History.epochs) or their JSON dicts (a metrics or run file's)."""
+    epochs = [e if isinstance(e, Mapping) else e.to_dict() for e in epochs]
     eval_name = "val" if any("val_acc" in e for e in epochs) else "test"
     fig, axs = plt.subplots(2, 2, figsize=(15, 10))
     panels = [("train_loss", "Training Loss"), ("train_acc", "Training Accuracy"),

@@ -19,7 +19,7 @@ from mnist_net.cli import Parser, non_negative_int, positive_float, positive_int
 from mnist_net.config import TrainConfig, load_config_file
 from mnist_net.data import DEFAULT_DATA_DIR, Split, eval_split_name, load_splits
 from mnist_net.download import DataUnavailable
-from mnist_net.engine import EvalStats, History, Training, build_training, evaluate, fit
+from mnist_net.engine import EpochRecord, EvalStats, History, Training, build_training, evaluate, fit
 from mnist_net.runtime import autocast_dtype, pick_device, provenance
 
 SMOKE = {"epochs": 2, "train_size": 2048, "eval_size": 1000}
@@ -42,7 +42,7 @@ def train_and_test(cfg: TrainConfig, splits: dict[str, Split], device: torch.dev
     evals = splits[eval_split_name(cfg.train_split)].subset(cfg.eval_size, cfg.seed).to(device)
     bar = tqdm(total=cfg.epochs, desc=f"seed {cfg.seed}", unit="epoch", disable=not progress)
 
-    def report(record: dict, _training: Training) -> None:
+    def report(record: EpochRecord, _training: Training) -> None:
         bar.update(1)
         bar.write(format_epoch(record))
 
@@ -51,8 +51,8 @@ def train_and_test(cfg: TrainConfig, splits: dict[str, Split], device: torch.dev
     history = fit(cfg, train, evals, device=device, training=training, callback=report)
     bar.close()
     last = history.epochs[-1]
-    if "test_acc" in last and cfg.eval_size is None and not history.diverged:
-        test = EvalStats(last["test_loss"], last["test_acc"])  # the last epoch already scored all of test
+    if last.eval_split == "test" and cfg.eval_size is None and not history.diverged:
+        test = last.scores  # the last epoch already scored all of test
     else:
         amp = autocast_dtype(device, cfg.precision)
         test = evaluate(training.forward, splits["test"].to(device), amp_dtype=amp,
@@ -60,11 +60,10 @@ def train_and_test(cfg: TrainConfig, splits: dict[str, Split], device: torch.dev
     return RunResult(cfg, training, history, test, time.perf_counter() - start)
 
 
-def format_epoch(r: dict) -> str:
-    name = "val" if "val_acc" in r else "test"
-    return (f"epoch {r['epoch']:>3}  lr {r['lr']:.4g}  train loss {r['train_loss']:.4f} "
-            f"acc {r['train_acc']:.2f}%  {name} loss {r[f'{name}_loss']:.4f} "
-            f"acc {r[f'{name}_acc']:.2f}%  {r['epoch_seconds']:.1f}s {r['images_per_s']:.0f} img/s")
+def format_epoch(r: EpochRecord) -> str:
+    return (f"epoch {r.epoch:>3}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} "
+            f"acc {r.train_acc:.2f}%  {r.eval_split} loss {r.scores.loss:.4f} "
+            f"acc {r.scores.acc:.2f}%  {r.epoch_seconds:.1f}s {r.images_per_s:.0f} img/s")
 
 
 def build_parser() -> Parser:
@@ -125,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def write_outputs(out: Path, result: RunResult, device: torch.device) -> dict:
-    metrics = {"config": result.config.to_dict(), "epochs": result.history.epochs,
+    metrics = {"config": result.config.to_dict(), "epochs": [e.to_dict() for e in result.history.epochs],
                "diverged": result.history.diverged,
                "test": {"loss": result.test.loss, "acc": result.test.acc},
                "seconds": result.seconds, "provenance": provenance(device)}

@@ -12,10 +12,12 @@ import os
 if os.environ.get("S5_TEST_GPUS") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("MPLBACKEND", "Agg")  # plots render headless, before pyplot is imported
-# Idle OpenMP threads sleep instead of spinning: on 2 cores shared with another job,
-# spinning made each training step ~10x slower. Read once, when torch loads libgomp.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# First of the imports: mnist_net's __init__ sets OMP_WAIT_POLICY (idle OpenMP threads sleep; on 2
+# shared cores spinning made each step ~10x slower), which torch reads once, when it loads libgomp.
+import mnist_net  # noqa: E402, F401
+
+# isort: split
 import pytest  # noqa: E402
 
 # Ray's log handler keeps the stderr it sees at import: import it here, under pytest's

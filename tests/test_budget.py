@@ -130,9 +130,9 @@ def test_uneven_speeds_and_slots():
 def test_choose_takes_the_highest_level_that_fits():
     for k in (0, 5, 20, 31, 40, len(LADDER) - 2):
         exact = budget.predict(LADDER[k], FLAT, N, SLOTS, 30.0).total_s
-        index, f, p = budget.choose(FLAT, exact, N, SLOTS, 30.0)
+        index, f, p = budget.pick_level(FLAT, exact, N, SLOTS, 30.0)
         assert (index, f, p.total_s) == (k, LADDER[k], exact)  # and no room for 100 more images
-        index, _, _ = budget.choose(FLAT, exact - 0.01, N, SLOTS, 30.0)
+        index, _, _ = budget.pick_level(FLAT, exact - 0.01, N, SLOTS, 30.0)
         assert index == k + 1
 
 
@@ -144,7 +144,7 @@ def test_slack_goes_to_images_per_trial_by_hand():
     base = budget.predict(LADDER[level], FLAT, N, SLOTS).total_s
     per_100 = 100 * 0.001 * (N * budget.expected_epochs(4, N) / SLOTS + 4 / 4 + 4 * 3 * 4 / SLOTS)
     assert per_100 == pytest.approx(7.262)
-    index, f, p = budget.choose(FLAT, base + 10 * per_100 + 1, N, SLOTS)
+    index, f, p = budget.pick_level(FLAT, base + 10 * per_100 + 1, N, SLOTS)
     # 6,000 images per trial fit, 6,100 do not: the first level that fits is the 5,500 one
     assert LADDER[index] == Fidelity(4, 5500, 5000, 3, 4, 5500)
     assert f == Fidelity(4, 6000, 5000, 3, 4, 6000)
@@ -152,28 +152,28 @@ def test_slack_goes_to_images_per_trial_by_hand():
 
 
 def test_flags_the_user_gave_are_kept_at_every_level():
-    index, f, _ = budget.choose(FLAT, 900, N, SLOTS, fixed={"max_epochs": 2, "confirm_seeds": 3})
+    index, f, _ = budget.pick_level(FLAT, 900, N, SLOTS, fixed={"max_epochs": 2, "confirm_seeds": 3})
     assert (f.max_epochs, f.confirm_seeds) == (2, 3)
     # with the train size fixed too, nothing fills the slack
-    _, g, p = budget.choose(FLAT, 900, N, SLOTS, fixed={"train_size": 1234})
+    _, g, p = budget.pick_level(FLAT, 900, N, SLOTS, fixed={"train_size": 1234})
     assert g.train_size == 1234 and p.total_s <= 900
 
 
 def test_a_budget_below_the_lowest_level_names_the_smallest_that_works():
     lowest = budget.predict(LADDER[-1], FLAT, N, SLOTS, 30.0).total_s
     with pytest.raises(budget.BudgetTooSmall) as info:
-        budget.choose(FLAT, lowest - 1, N, SLOTS, 30.0)
+        budget.pick_level(FLAT, lowest - 1, N, SLOTS, 30.0)
     assert f"the smallest budget that works here is {math.ceil(lowest / 60)}m" in str(info.value)
     assert "and 4 configs to confirm" in str(info.value)  # K + 1 configs x 1 seed at the lowest level
     # more configs to confirm need more time
     with pytest.raises(budget.BudgetTooSmall, match="and 8 configs to confirm"):
-        budget.choose(FLAT, lowest - 1, N, SLOTS, 30.0, configs=8)
+        budget.pick_level(FLAT, lowest - 1, N, SLOTS, 30.0, configs=8)
     assert budget.predict(LADDER[-1], FLAT, N, SLOTS, 30.0, configs=8).total_s > lowest
-    budget.choose(FLAT, math.ceil(lowest / 60) * 60, N, SLOTS, 30.0)  # which does
+    budget.pick_level(FLAT, math.ceil(lowest / 60) * 60, N, SLOTS, 30.0)  # which does
     # with a margin, the level must fit in the budget less the margin, and so must the smallest
     with pytest.raises(budget.BudgetTooSmall, match=f"works here is {math.ceil(lowest / 0.9 / 60)}m"):
-        budget.choose(FLAT, lowest, N, SLOTS, 30.0, margin=0.1)
-    _, _, p = budget.choose(FLAT, lowest / 0.9, N, SLOTS, 30.0, margin=0.1)
+        budget.pick_level(FLAT, lowest, N, SLOTS, 30.0, margin=0.1)
+    _, _, p = budget.pick_level(FLAT, lowest / 0.9, N, SLOTS, 30.0, margin=0.1)
     assert p.total_s == pytest.approx(lowest)
 
 
@@ -211,3 +211,48 @@ def test_the_confirm_stage_takes_the_time_the_search_left():
     assert budget.raise_confirm(f, FLAT, roomy - 1, speeds, SLOTS) == (5, 50_000)
     # slower candidates (batch 32 at half speed) get less from the same time
     assert budget.raise_confirm(f, FLAT, roomy, [0.002] * 3, SLOTS)[0] < 6
+
+
+def a_budget_plan(fixed=()) -> budget.BudgetPlan:
+    f = LADDER[40]
+    p = budget.predict(f, FLAT, N, SLOTS, 30.0)
+    return budget.BudgetPlan(600.0, 41, f, tuple(fixed), p, FLAT, 12.5, SLOTS, 30.0)
+
+
+def test_a_budget_plan_survives_search_settings_json_as_the_resume_reads_it(tmp_path):
+    """The typed plan is what --resume reloads: the same values, and the JSON keys the notebook and
+    best_config.json readers use (budget_plan.level, .fidelity, .predicted_s, .throughput)."""
+    s = SearchSettings(fidelity_mode="time", time_budget_s=1200.0, budget_plan=a_budget_plan(["max_epochs"]))
+    s.save(tmp_path / "s.json")
+    loaded = SearchSettings.load(tmp_path / "s.json")
+    assert loaded.budget_plan == replace(s.budget_plan, throughput=Throughput.from_dict(FLAT.to_dict()),
+                                         predicted=budget.Prediction(**s.budget_plan.predicted.to_dict()))
+    record = s.to_dict()["budget_plan"]
+    assert {"level", "levels", "fidelity", "fixed_by_flags", "predicted_s", "throughput",
+            "spent_before_search_s", "search_time_budget_s"} == set(record)
+    assert record["throughput"]["train_images_per_s"]["512"] == 1000.0 and record["levels"] == len(LADDER)
+    assert loaded.search_time_budget_s == 600.0
+    smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=budget.BudgetPlan(25.0))
+    smoke.save(tmp_path / "smoke.json")
+    assert SearchSettings.load(tmp_path / "smoke.json").budget_plan == budget.BudgetPlan(25.0)
+
+
+def test_an_older_search_settings_file_with_budget_still_loads(tmp_path):
+    old = SearchSettings().to_dict()
+    old["budget"] = old.pop("fidelity_mode")
+    (tmp_path / "old.json").write_text(__import__("json").dumps(old))
+    assert SearchSettings.load(tmp_path / "old.json") == SearchSettings()
+
+
+def test_the_confirm_recipe_is_raised_from_the_typed_plan_unless_its_flags_were_given():
+    from tuner import planning
+
+    settings = SearchSettings(fidelity_mode="time", time_budget_s=1200.0, confirm_seeds=3, confirm_epochs=4,
+                              confirm_train_size=LADDER[40].confirm_train_size, max_epochs=4,
+                              budget_plan=a_budget_plan())
+    roomy = budget.confirm_time(3, 6, 50_000, [0.001] * 3, FLAT, SLOTS) + PUBLISH_S
+    recipe, predicted = planning.confirm_recipe(settings, roomy, [64, 64, 64], None, SLOTS)
+    assert (recipe.epochs, recipe.train_size) == (6, None) and predicted <= roomy
+    fixed = replace(settings, budget_plan=a_budget_plan(["confirm_epochs"]))
+    recipe, predicted = planning.confirm_recipe(fixed, roomy, [64, 64, 64], None, SLOTS)
+    assert (recipe.epochs, predicted) == (4, None)

@@ -214,7 +214,7 @@ def test_gpu_trials_go_to_the_gpu_node_and_spread_over_its_gpus(two_nodes, tmp_p
     nodes, gpu_node, _ = two_nodes
     ray.init(address=nodes.address, logging_level="WARNING")
     try:
-        p = resources.plan(resources.alive_nodes())
+        p = resources.place(resources.alive_nodes())
         refs = [where_am_i.options(num_cpus=p.cpu_per_trial, num_gpus=p.gpu_per_trial).remote(str(tmp_path))
                 for _ in range(p.concurrent)]
         placed = ray.get(refs, timeout=120)

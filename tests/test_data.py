@@ -47,7 +47,7 @@ def test_shuffled_batches_cover_every_index_once(splits):
     gen = torch.Generator().manual_seed(0)
     for x, idx in batches(data, 64, generator=gen):
         assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
-        assert torch.allclose(x, augment.normalize(data.images[idx].float() / 255))
+        assert torch.allclose(x, (data.images[idx].float() / 255 - augment.MEAN) / augment.STD)
         seen += idx.tolist()
         sizes.append(len(idx))
     assert sizes == [64, 64, 64, 64, 44]
@@ -79,10 +79,16 @@ def test_augmented_batches_keep_shape_and_differ(small):
     assert not torch.allclose(x_aug, x, atol=1e-3)
 
 
+def augmented(x: torch.Tensor, **params) -> torch.Tensor:
+    """x warped through one seeded random draw per image, as batches() augments a pass."""
+    theta = augment.affine_params(len(x), torch.Generator().manual_seed(0), x.device, **params)
+    return augment.warp(x, theta)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_augment_batch_keeps_shape_and_dtype(small, dtype):
+def test_augmentation_keeps_shape_and_dtype(small, dtype):
     x = small("val", 16).images.to(dtype) / 255
-    out = augment.augment_batch(x, torch.Generator().manual_seed(0))
+    out = augmented(x)
     assert out.shape == x.shape and out.dtype == dtype
     assert out.min() >= 0 and out.max() <= 1 + 1e-6
 
@@ -103,7 +109,7 @@ def test_each_image_gets_its_own_angle(small):
 
     # The same image eight times comes out eight different ways.
     x = small("val", 1).images.float().div(255).repeat(8, 1, 1, 1)
-    out = augment.augment_batch(x, torch.Generator().manual_seed(0))
+    out = augmented(x)
     flat = out.flatten(1)
     assert all(not torch.allclose(flat[i], flat[j], atol=1e-3) for i in range(8) for j in range(i))
 
@@ -118,13 +124,13 @@ def test_about_ten_percent_are_cropped():
 
 def test_no_crop_no_rotation_is_identity(small):
     x = small("val", 32).images.float() / 255
-    out = augment.augment_batch(x, torch.Generator().manual_seed(0), crop_p=0.0, degrees=0.0)
+    out = augmented(x, crop_p=0.0, degrees=0.0)
     assert torch.allclose(out, x, atol=1e-5)
 
 
 def test_crop_is_center_crop_22_resized_to_28(small):
     x = small("val", 8).images.float() / 255
-    out = augment.augment_batch(x, torch.Generator().manual_seed(0), crop_p=1.0, degrees=0.0)
+    out = augmented(x, crop_p=1.0, degrees=0.0)
     want = F.interpolate(x[..., 3:25, 3:25], size=(28, 28), mode="bilinear", align_corners=False)
     # The outermost output pixels also blend in the ring just outside the crop; inside they agree.
     assert torch.allclose(out[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-5)
@@ -156,6 +162,6 @@ def test_augmented_batches_are_the_warp_of_the_shuffled_images(small):
     got = list(batches(data, 40, generator=torch.Generator().manual_seed(3), augment=True))
     order = torch.randperm(100, generator=gen)
     theta = augment.affine_params(100, gen, torch.device("cpu"))
-    want = augment.normalize(augment.warp(data.images[order].float() / 255, theta))
+    want = (augment.warp(data.images[order].float() / 255, theta) - augment.MEAN) / augment.STD
     assert torch.allclose(torch.cat([x for x, _ in got]), want, atol=1e-5)
     assert torch.equal(torch.cat([y for _, y in got]), data.labels[order])

@@ -1,17 +1,22 @@
 import gzip
 import io
+import json
 import os
 import pickle
 import shutil
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from mnist_net import download
-from mnist_net.data import DEFAULT_DATA_DIR
+from mnist_net import download, files
+from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 
+ROOT = Path(__file__).resolve().parents[1]
 CACHED_RAW = download.raw_dir(DEFAULT_DATA_DIR)
 
 
@@ -171,3 +176,77 @@ def test_concurrent_callers_fetch_once(tmp_path, cached_raw, monkeypatch):
     assert len(calls) == 1
     assert results == [download.raw_dir(tmp_path)] * 2
     assert download.invalid_files(download.raw_dir(tmp_path)) == []
+
+
+# --- several processes, and load_splits ----------------------------------------------------------
+
+ACQUIRE = """
+import json, os, sys, time
+from pathlib import Path
+from mnist_net import download, files
+
+root, good, log, ready, n = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
+
+def slow_copy(raw):
+    start = time.time()
+    time.sleep(1)  # the other processes reach the lock meanwhile
+    for name in download.MD5:
+        files.write_bytes(raw / name, (good / name).read_bytes())
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"fetch": [start, time.time()]}) + "\\n")
+
+download._FETCHERS["slow-copy"] = slow_copy
+(ready / str(os.getpid())).touch()
+while len(list(ready.iterdir())) < n:  # start together, imports done
+    time.sleep(0.01)
+with open(log, "a") as fh:
+    fh.write(json.dumps({"call": time.time()}) + "\\n")
+print(download.ensure_mnist(root, sources=("slow-copy",)))
+"""
+
+
+def test_processes_acquiring_mnist_at_once_fetch_it_once(tmp_path):
+    """The thread version is tests/test_download.py::test_concurrent_callers_fetch_once."""
+    good = download.ensure_mnist(DEFAULT_DATA_DIR)
+    root, log, ready = tmp_path / "data", tmp_path / "log", tmp_path / "ready"
+    ready.mkdir()
+    n = 3
+    procs = [subprocess.Popen([sys.executable, "-c", ACQUIRE, str(root), str(good), str(log), str(ready), str(n)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, outputs
+    raw = download.raw_dir(root)
+    assert [o.strip() for o, _ in outputs] == [str(raw)] * n
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    fetches = [e["fetch"] for e in events if "fetch" in e]
+    calls = [e["call"] for e in events if "call" in e]
+    assert len(fetches) == 1 and len(calls) == n
+    assert max(calls) < fetches[0][1]  # all three were waiting while the one fetch ran
+    assert download.invalid_files(raw) == []
+    assert sorted(p.name for p in raw.iterdir()) == sorted(download.MD5)  # no temp files either
+
+
+def test_a_corrupt_data_file_is_reacquired_before_training_reads_it(tmp_path, splits, monkeypatch):
+    """tests/test_download.py checks ensure_mnist on truncated and altered files; this checks that
+    load_splits, which every trainer calls, goes through it."""
+    good = download.ensure_mnist(DEFAULT_DATA_DIR)
+    raw = download.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in download.MD5:
+        shutil.copy(good / name, raw / name)
+    images = raw / "train-images-idx3-ubyte"
+    data = bytearray(images.read_bytes())
+    data[16 + 6 * 784 + 400] ^= 0xFF  # one pixel of image 6, in the middle of the digit's box
+    images.write_bytes(bytes(data))
+    fetched = []
+
+    def copy_good(into):
+        fetched.append(into)
+        for name in download.MD5:
+            files.write_bytes(into / name, (good / name).read_bytes())
+
+    monkeypatch.setitem(download._FETCHERS, "torchvision", copy_good)
+    loaded = load_splits(tmp_path)
+    assert fetched == [raw]
+    assert torch.equal(loaded["train"].images, splits["train"].images)

@@ -5,9 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_net.augment import normalize
+from mnist_net.augment import MEAN, STD
 from mnist_net.config import TrainConfig
-from mnist_net.engine import build_training, evaluate, fit
+from mnist_net.engine import (
+    CHANCE_ACC,
+    DIVERGED_SCORES,
+    EpochRecord,
+    EpochStats,
+    EvalStats,
+    build_training,
+    evaluate,
+    fit,
+)
 
 CPU = torch.device("cpu")
 # Tiny but real: 256 training images, 16 steps an epoch; fp32 NCHW for exact reproducibility.
@@ -32,8 +41,8 @@ def run(small):
     calls, checkpoints = [], {}
 
     def callback(record, t):
-        calls.append((dict(record), t))
-        checkpoints[record["epoch"]] = snapshot(t)
+        calls.append((record, t))
+        checkpoints[record.epoch] = snapshot(t)
 
     history = fit(CFG, train, val, device=CPU, training=training, callback=callback)
     return {"train": train, "val": val, "training": training, "history": history,
@@ -44,22 +53,22 @@ def test_training_lowers_loss_and_beats_chance(run):
     history = run["history"]
     assert not history.diverged
     first, last = history.epochs
-    assert last["train_loss"] < first["train_loss"]
+    assert last.train_loss < first.train_loss
     after = evaluate(run["training"].model, run["train"])
     assert after.loss < run["before"].loss - 0.1
-    assert last["val_acc"] > 25  # chance is 10%
-    assert math.isfinite(last["val_loss"])
+    assert last.val_acc > 25  # chance is 10%
+    assert math.isfinite(last.val_loss)
 
 
 def test_callback_once_per_epoch_with_the_record(run):
     calls, history = run["calls"], run["history"]
-    assert [record["epoch"] for record, _ in calls] == [1, 2]
+    assert [record.epoch for record, _ in calls] == [1, 2]
     assert [record for record, _ in calls] == history.epochs
     assert all(t is run["training"] for _, t in calls)
     for record in history.epochs:
-        assert set(record) >= {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                               "epoch_seconds", "images_per_s", "diverged"}
-        assert record["lr"] == CFG.lr and record["diverged"] is False
+        assert set(record.to_dict()) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                                         "epoch_seconds", "images_per_s", "eval_seconds", "diverged"}
+        assert record.lr == CFG.lr and record.diverged is False and record.eval_seconds > 0
 
 
 def test_evaluate_matches_a_hand_computation(run):
@@ -67,7 +76,7 @@ def test_evaluate_matches_a_hand_computation(run):
     got = evaluate(model, data, batch_size=64)  # 200 = 3 full batches + 8: the tail counts too
     model.eval()
     with torch.no_grad():
-        out = model(normalize(data.images.float() / 255))
+        out = model((data.images.float() / 255 - MEAN) / STD)
     want_loss = F.nll_loss(out, data.labels, reduction="sum").item() / len(data)
     want_acc = 100.0 * (out.argmax(1) == data.labels).sum().item() / len(data)
     assert got.loss == pytest.approx(want_loss, rel=1e-5)
@@ -78,11 +87,11 @@ def test_resume_from_a_checkpoint_matches_a_straight_run(run):
     training = build_training(CFG, CPU)
     training.load_state_dict(run["checkpoints"][1])
     history = fit(CFG, run["train"], run["val"], device=CPU, training=training, start_epoch=1)
-    assert [r["epoch"] for r in history.epochs] == [2]
+    assert [r.epoch for r in history.epochs] == [2]
     straight = run["training"].model.state_dict()
     resumed = training.model.state_dict()
     assert all(torch.allclose(resumed[k], straight[k], rtol=1e-5, atol=1e-7) for k in straight)
-    assert history.epochs[0]["train_loss"] == pytest.approx(run["history"].epochs[1]["train_loss"])
+    assert history.epochs[0].train_loss == pytest.approx(run["history"].epochs[1].train_loss)
     assert training.scheduler.state_dict() == run["training"].scheduler.state_dict()
     # ...and the checkpoint really was mid-run, not the final weights.
     assert not torch.allclose(run["checkpoints"][1]["model"]["fc1.weight"], straight["fc1.weight"])
@@ -98,8 +107,28 @@ def test_huge_lr_diverges_cleanly(small, n_images):
                   callback=lambda record, _t: records.append(record))
     assert history.diverged is True
     assert len(history.epochs) == 1 and records == history.epochs
-    assert history.epochs[0]["diverged"] is True
-    assert math.isnan(history.epochs[0]["val_loss"])
+    record = history.epochs[0]
+    assert record.diverged is True and record.val_acc == CHANCE_ACC
+    assert math.isnan(record.val_loss)
+    # 256: training diverged, so nothing was evaluated and no eval time is written
+    assert ("eval_seconds" in record.to_dict()) == (n_images == 64)
+
+
+def test_a_record_writes_only_what_was_measured():
+    """to_dict is the JSON shape of s5_metrics.json and the confirm runs: the other split's keys
+    (and eval_seconds, when nothing was evaluated) are left out, in the order fit always wrote."""
+    stats = EpochStats(loss=0.5, acc=90.0, seconds=2.0, images_per_s=100.0)
+    val = EpochRecord.of(3, 0.01, stats, "val", EvalStats(0.2, 95.0), eval_seconds=0.5)
+    assert (val.eval_split, val.scores, val.diverged) == ("val", EvalStats(0.2, 95.0), False)
+    assert val.to_dict() == {"epoch": 3, "lr": 0.01, "train_loss": 0.5, "train_acc": 90.0, "epoch_seconds": 2.0,
+                             "images_per_s": 100.0, "eval_seconds": 0.5, "val_loss": 0.2, "val_acc": 95.0,
+                             "diverged": False}
+    assert list(val.to_dict()) == ["epoch", "lr", "train_loss", "train_acc", "epoch_seconds", "images_per_s",
+                                   "eval_seconds", "val_loss", "val_acc", "diverged"]
+    test = EpochRecord.of(3, 0.01, stats, "test", DIVERGED_SCORES, eval_seconds=None)
+    assert test.diverged and test.eval_split == "test" and test.scores.acc == CHANCE_ACC
+    assert list(test.to_dict()) == ["epoch", "lr", "train_loss", "train_acc", "epoch_seconds", "images_per_s",
+                                    "test_loss", "test_acc", "diverged"]
 
 
 def test_build_training_keeps_the_cpu_sgd_and_offers_compile_modes():

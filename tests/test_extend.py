@@ -14,7 +14,7 @@ from tuner.settings import SearchSettings
 from tuner.space import CHANCE_ACC, PARAMS, SEED_CONFIG
 
 PARENT_SETTINGS = SearchSettings(num_samples=3, max_epochs=1, train_size=256, eval_size=200, seed=0,
-                                 confirm_seeds=1, confirm_epochs=1, confirm_train_size=1024, budget="smoke")
+                                 confirm_seeds=1, confirm_epochs=1, confirm_train_size=1024, fidelity_mode="smoke")
 TRIALS = pd.DataFrame([
     {"trial": 1, "trial_id": "a", **SEED_CONFIG, "best_val_acc": 40.0, "best_epoch": 1, "last_val_acc": 40.0,
      "epochs_run": 1, "stopped_early": False, "status": "finished"},
@@ -99,7 +99,7 @@ def test_extension_keeps_the_fidelity_and_warm_starts_from_finished_trials(tmp_p
     out = tmp_path / "results"
     finished_search(out)
     asked = args("--extend", "p", "--num-samples", "5", "--max-epochs", "1", "--max-concurrent", "1")
-    ext = extend.check(asked, out, str(out / "ray"))
+    ext = extend.requested(asked, out, str(out / "ray"))
     assert ext.settings == SearchSettings(**{**PARENT_SETTINGS.to_dict(), "num_samples": 5, "max_concurrent": 1})
     assert ext.space == "recorded"
     points, rewards = ext.warm_start()
@@ -108,14 +108,14 @@ def test_extension_keeps_the_fidelity_and_warm_starts_from_finished_trials(tmp_p
                       {"lr": 0.19, "momentum": 0.98, "batch_size": 32}]
     assert rewards == [40.0, 70.0, CHANCE_ACC]
     assert all(type(p["batch_size"]) is int for p in points)
-    default = extend.check(args("--extend", "p"), out, str(out / "ray"))
+    default = extend.requested(args("--extend", "p"), out, str(out / "ray"))
     assert default.settings.num_samples == PARENT_SETTINGS.num_samples
 
 
 def test_a_parent_without_a_recorded_space_is_accepted_when_its_trials_fit(tmp_path):
     out = tmp_path / "results"
     finished_search(out, space=False)
-    ext = extend.check(args("--extend", "p"), out, str(out / "ray"))
+    ext = extend.requested(args("--extend", "p"), out, str(out / "ray"))
     assert ext.space.startswith("not recorded")
 
 
@@ -168,10 +168,10 @@ def test_an_extension_of_an_extension_warm_starts_from_the_whole_lineage(tmp_pat
     finished_search(out, "x", trials=child)
     extend.Extension(parent="p", parent_best={}, trials=TRIALS, settings=PARENT_SETTINGS, space="recorded").save(
         out / "x")
-    ext = extend.check(args("--extend", "x"), out, str(out / "ray"))
+    ext = extend.requested(args("--extend", "x"), out, str(out / "ray"))
     assert list(ext.trials["experiment"]) == ["p"] * 4 + ["x"]
     assert ext.warm_start()[1] == [40.0, 70.0, CHANCE_ACC, 75.0]
     # a --resume of the extension finds its parent again from extends.json
-    again = extend.saved(out, "x", PARENT_SETTINGS)
+    again = extend.of_resumed(out, "x", PARENT_SETTINGS)
     assert again.parent == "p" and len(again.trials) == 4
-    assert extend.saved(out, "p", PARENT_SETTINGS) is None  # not an extension
+    assert extend.of_resumed(out, "p", PARENT_SETTINGS) is None  # not an extension

@@ -131,11 +131,11 @@ GB = 10**9
 
 def test_the_plan_caps_trials_per_gpu_by_its_free_memory():
     free_24gb_card = {"GPU": 1, "CPU": 32, resources.GPU_FREE_KEY: 22 * GB}
-    p = resources.plan([free_24gb_card], gpus_per_trial=1 / 16)
+    p = resources.place([free_24gb_card], gpus_per_trial=1 / 16)
     assert p.concurrent == 7 and p.gpu_per_trial == pytest.approx(1 / 7)  # 22 x 0.9 / 2.5 GB
     assert "GPU memory holds 7" in p.describe()
-    assert resources.plan([{"GPU": 1, "CPU": 32}], gpus_per_trial=1 / 16).concurrent == 16  # not measured
-    big = resources.plan([{"GPU": 1, "CPU": 8, resources.GPU_FREE_KEY: 140 * GB}])
+    assert resources.place([{"GPU": 1, "CPU": 32}], gpus_per_trial=1 / 16).concurrent == 16  # not measured
+    big = resources.place([{"GPU": 1, "CPU": 8, resources.GPU_FREE_KEY: 140 * GB}])
     assert (big.gpu_per_trial, big.concurrent) == (0.25, 4)
 
 

@@ -28,4 +28,5 @@ def test_a_slow_gpu_at_full_fidelity_is_announced_in_hours():
 
 
 def test_a_time_budget_or_smoke_search_is_not_estimated_again():
-    assert gpu_estimate.predict_wall_time(SearchSettings(budget="time", time_budget_s=60), None, "", None, 0) is None
+    timed = SearchSettings(fidelity_mode="time", time_budget_s=60)
+    assert gpu_estimate.predict_wall_time(timed, None, "", None, 0) is None

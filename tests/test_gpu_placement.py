@@ -37,7 +37,7 @@ def gpu_ids(n: int, share: float, cpus: int = 1) -> Counter:
 
 
 def test_the_plans_share_spreads_trials_over_both_gpus(fake_gpu_ray):
-    p = resources.plan(fake_gpu_ray)
+    p = resources.place(fake_gpu_ray)
     assert (p.gpus, p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (2, 0.5, 1, 4)
     assert gpu_ids(p.concurrent, p.gpu_per_trial, p.cpu_per_trial) == Counter({"90": 2, "91": 2})
 
@@ -45,7 +45,7 @@ def test_the_plans_share_spreads_trials_over_both_gpus(fake_gpu_ray):
 def test_a_small_share_lets_ray_pile_trials_onto_the_first_gpu(fake_gpu_ray):
     # Why the plan raises the share: at 0.25 Ray fills GPU 90 before it uses GPU 91.
     assert gpu_ids(4, 0.25) == Counter({"90": 4})
-    p = resources.plan(fake_gpu_ray, max_concurrent=2)
+    p = resources.place(fake_gpu_ray, max_concurrent=2)
     assert p.gpu_per_trial == 1.0
     assert gpu_ids(2, p.gpu_per_trial) == Counter({"90": 1, "91": 1})
 

@@ -44,7 +44,7 @@ def test_rays_options_reuse_gpu_workers_and_refuse_max_calls(six_cpus_two_gpus):
 
 
 def test_a_gpu_task_never_runs_twice_in_one_worker(six_cpus_two_gpus):
-    p = resources.plan(six_cpus_two_gpus, max_concurrent=2)
+    p = resources.place(six_cpus_two_gpus, max_concurrent=2)
     opts = resources.task_options(p, "run")
     assert opts == {"num_cpus": 3, "num_gpus": 1.0, "name": "run", "max_calls": 1}
     task = ray.remote(**opts)(worker_pid)
@@ -64,7 +64,7 @@ def test_calibration_tasks_on_gpus_each_get_a_fresh_worker(six_cpus_two_gpus, mo
 
 
 def test_six_runs_on_two_gpus_land_three_and_three(six_cpus_two_gpus):
-    p = resources.plan(six_cpus_two_gpus, max_concurrent=6)  # what the confirm stage asks for 6 runs
+    p = resources.place(six_cpus_two_gpus, max_concurrent=6)  # what the confirm stage asks for 6 runs
     assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (pytest.approx(1 / 3), 1, 6)
     barrier = Barrier.remote(6)
     refs = [ray.remote(**resources.task_options(p, f"run{i}"))(gpu_id_while_all_run).remote(barrier)
@@ -98,4 +98,4 @@ def test_alive_nodes_adds_each_gpu_nodes_free_memory(six_cpus_two_gpus, monkeypa
     monkeypatch.setattr(resources, "free_gpu_memory", fake_free_memory)
     nodes = resources.alive_nodes()
     assert nodes[0][resources.GPU_FREE_KEY] == 7 * 10**9
-    assert resources.plan(nodes).memory_cap == 2  # 7 GB x 0.9 / 2.5 GB
+    assert resources.place(nodes).memory_cap == 2  # 7 GB x 0.9 / 2.5 GB

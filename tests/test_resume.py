@@ -83,7 +83,7 @@ def uninterrupted_val_acc(config: dict, splits) -> list[float]:
                       splits["val"].subset(cfg.eval_size, cfg.seed), device=torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
-    return [e["val_acc"] for e in history.epochs]
+    return [e.val_acc for e in history.epochs]
 
 
 def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits):

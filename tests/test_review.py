@@ -58,3 +58,12 @@ def test_confirm_table_lists_every_confirmed_config_and_marks_the_winner(tmp_pat
     old = {"best": entry("best", 99.0), "seed_config": entry("seed_config", 98.0)}  # a retrain.json from before
     rev.retrain = old
     assert list(review.retrain_table(rev)["config"]) == ["best", "seed_config"] and "no ranking" in review.ranking(rev)
+
+
+def test_trial_curves_mark_ashas_rungs(tmp_path):
+    rev = make_review(tmp_path)
+    rev.best["search"] = {"max_epochs": 20, "grace_period": 2, "reduction_factor": 3}
+    rev.trials = pd.DataFrame([{"trial_id": "t1", **BEST}])
+    rev.epochs = pd.DataFrame({"trial_id": "t1", "epoch": range(1, 21), "val_acc": range(80, 100)})
+    ax = review.trial_curves(rev).axes[0]
+    assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"] == [2, 6, 18]

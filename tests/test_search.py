@@ -153,7 +153,7 @@ def test_best_config_keeps_the_searchs_best_trial_as_proxy_best(smoke, trials, b
     assert best["experiment"] == {"name": "smoke", "storage": storage, "ray_path": f"{storage}/smoke",
                                   "summary_dir": "smoke"}
     s = best["search"]
-    assert (s["num_samples"], s["max_epochs"], s["train_size"], s["eval_size"], s["budget"]) == \
+    assert (s["num_samples"], s["max_epochs"], s["train_size"], s["eval_size"], s["fidelity_mode"]) == \
         (NUM_SAMPLES, MAX_EPOCHS, 512, 500, "smoke")
     assert (s["time_budget_s"], s["budget_plan"], s["stopped_by_budget"], s["checkpoint_every"]) == \
         (None, None, False, None)
@@ -289,7 +289,7 @@ def test_a_search_stopped_by_its_time_budget_publishes_what_finished(tmp_path, c
     assert "search stopped by its time budget" in capfd.readouterr().err
     best = json.loads((out / "cut" / "best_config.json").read_text())
     s = best["search"]
-    assert (s["stopped_by_budget"], s["budget"], s["time_budget_s"]) == (True, "smoke", 30)
+    assert (s["stopped_by_budget"], s["fidelity_mode"], s["time_budget_s"]) == (True, "smoke", 30)
     assert 0 < s["budget_plan"]["search_time_budget_s"] < 30
     trials = pd.read_csv(out / "cut" / "trials.csv")
     assert 1 <= len(trials) < 1000 and s["trials"] == len(trials)

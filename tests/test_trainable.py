@@ -1,6 +1,7 @@
 """The trial's checkpoints: what they hold, where a restore puts it, when they are made; and
 saved weights that load on a machine without a GPU."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -11,9 +12,9 @@ from ray import tune
 from mnist_net import train as train_cli
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
-from mnist_net.engine import EvalStats, build_training, fit
+from mnist_net.engine import EpochRecord, EvalStats, build_training, fit
 from tuner import trainable
-from tuner.space import SEED_CONFIG
+from tuner.space import REPORTED, SEED_CONFIG
 from tuner.trainable import AUTO_CHECKPOINT_RATIO, CHECKPOINT_FILE, CheckpointPolicy
 
 CPU = torch.device("cpu")
@@ -27,7 +28,7 @@ class Interrupt(Exception):
 def checkpoint_after_first_epoch(small, folder) -> None:
     """Train CFG for one epoch and checkpoint it as the trainable does, then stop."""
     def stop(record, training):
-        trainable.save_state(str(folder), training, record["epoch"], CFG)
+        trainable.save_state(str(folder), training, record.epoch, CFG)
         raise Interrupt
 
     with pytest.raises(Interrupt):
@@ -136,6 +137,13 @@ def checkpointed_epochs(base: TrainConfig, every: int | None, storage) -> list[i
         assert state["epoch"] == metrics["training_iteration"]
         epochs.append(state["epoch"])
     return sorted(epochs)
+
+
+# --- what a trial reports --------------------------------------------------------------------
+
+def test_every_reported_metric_is_a_field_of_the_epoch_record():
+    """train_s5's report reads each REPORTED name off fit's EpochRecord."""
+    assert set(REPORTED) <= {f.name for f in dataclasses.fields(EpochRecord)}
 
 
 # --- saved weights ----------------------------------------------------------------------------

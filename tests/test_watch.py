@@ -132,7 +132,7 @@ def test_mlflow_has_a_parent_run_and_one_nested_run_per_trial(watched):
     client = tracking._client(uri)
     run = client.get_run(parent)
     assert run.info.run_name == "w" and run.info.status == "FINISHED"
-    assert run.data.params["max_epochs"] == "2" and run.data.params["budget"] == "smoke"
+    assert run.data.params["max_epochs"] == "2" and run.data.params["fidelity_mode"] == "smoke"
     best = json.loads((watched.folder / "best_config.json").read_text())
     assert run.data.metrics["best_val_acc"] == pytest.approx(best["val_acc"])
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")

@@ -5,7 +5,7 @@ Before the search (tuner.planning runs these steps):
    trial's resources, as many at once as trials will run (tuner.calibrate).
 2. Predict the wall time of each fidelity level of LADDER (`predict`, model below).
 3. Take the highest level predicted to fit in the budget less PLAN_MARGIN, and spend what it
-   leaves on more images per trial (`fill`); flags the user gave override the ladder's values.
+   leaves on more images per trial (`fill_images`); flags the user gave override the ladder's values.
    The search's hard stop (Ray Tune's time_budget_s) is what the budget leaves after the
    predicted confirm stage.
 After the search, the confirm stage is planned again on the time actually left and the speeds the
@@ -42,10 +42,9 @@ import re
 import statistics
 from dataclasses import asdict, dataclass, fields, replace
 
-from tuner.settings import grace_period_for, reduction_factor_for
+from mnist_net.data import N_TEST, N_TRAIN, N_VAL
 from tuner.space import BATCH_SIZES, SEED_CONFIG
 
-N_TRAIN, N_VAL, N_TEST = 50_000, 10_000, 10_000
 # Overheads measured on the 2-core CPU VM (README): per-epoch report and checkpoint, per-trial Ray
 # bookkeeping with reused actors, the Tuner's start, the confirm stage's task start-up and writes, and
 # publishing the tables, study and plots.
@@ -63,6 +62,16 @@ GUIDED_PASS = 0.9
 # The plan aims this far below the budget, so that the search's hard stop (what the budget leaves
 # after the predicted confirm stage) has slack for a search that runs a little long.
 PLAN_MARGIN = 0.05
+
+
+def grace_period_for(max_epochs: int) -> int:
+    """ASHA's first rung: ~1/10 of the epochs, at least 1 (early epochs are noisy)."""
+    return max(1, max_epochs // 10)
+
+
+def reduction_factor_for(max_epochs: int) -> int:
+    """Halve at each rung on short budgets; keep a third on long ones (more rungs)."""
+    return 2 if max_epochs <= 6 else 3
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,11 @@ class Throughput:
         return {"train_images_per_s": {str(b): round(v, 1) for b, v in self.train.items()},
                 "eval_images_per_s": round(self.eval, 1), "load_s": round(self.load_s, 2)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Throughput:
+        train = {int(b): v for b, v in d["train_images_per_s"].items()}
+        return cls(train, d["eval_images_per_s"], d.get("load_s", 0.0))
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -146,6 +160,40 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {k: round(v, 1) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a time budget planned: the hard stop of the search (seconds from its start), and, unless
+    the smoke preset (never calibrated), the level, the speeds it was chosen from and the prediction.
+    Saved in search_settings.json, so that --resume reuses it instead of recalibrating."""
+
+    search_time_budget_s: float
+    level: int | None = None  # 1 = the seed's full recipe
+    fidelity: Fidelity | None = None
+    fixed_by_flags: tuple[str, ...] = ()
+    predicted: Prediction | None = None
+    throughput: Throughput | None = None
+    calibration_s: float = 0.0
+    tasks: int = 0  # calibration tasks run at once
+    spent_before_search_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        if self.fidelity is None:
+            return {"search_time_budget_s": self.search_time_budget_s}
+        return {"level": self.level, "levels": len(LADDER), "fidelity": asdict(self.fidelity),
+                "fixed_by_flags": list(self.fixed_by_flags), "predicted_s": self.predicted.to_dict(),
+                "throughput": {**self.throughput.to_dict(), "calibration_s": self.calibration_s, "tasks": self.tasks},
+                "spent_before_search_s": self.spent_before_search_s, "search_time_budget_s": self.search_time_budget_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BudgetPlan:
+        if "fidelity" not in d:
+            return cls(d["search_time_budget_s"])
+        thr = d["throughput"]
+        return cls(d["search_time_budget_s"], d["level"], Fidelity(**d["fidelity"]), tuple(d["fixed_by_flags"]),
+                   Prediction(**d["predicted_s"]), Throughput.from_dict(thr), thr["calibration_s"], thr["tasks"],
+                   d["spent_before_search_s"])
 
 
 def parse_duration(text: str) -> float:
@@ -219,7 +267,7 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(ends)
 
 
-def fill(f: Fidelity, thr: Throughput, budget_s: float, num_samples: int, concurrent: int,
+def fill_images(f: Fidelity, thr: Throughput, budget_s: float, num_samples: int, concurrent: int,
          spent_s: float, configs: int = 4) -> tuple[Fidelity, Prediction]:
     """Spend the slack a level leaves below the budget on images per trial (in hundreds, up to the
     whole split): the levels are steps, and a step down can free a fifth of the budget."""
@@ -243,10 +291,10 @@ class BudgetTooSmall(ValueError):
     """Even the lowest level does not fit; the message names the smallest budget that would."""
 
 
-def choose(thr: Throughput, budget_s: float, num_samples: int, concurrent: int, spent_s: float = 0.0,
+def pick_level(thr: Throughput, budget_s: float, num_samples: int, concurrent: int, spent_s: float = 0.0,
            fixed: dict | None = None, margin: float = 0.0, configs: int = 4) -> tuple[int, Fidelity, Prediction]:
     """(level index, fidelity, prediction) of the highest level predicted to fit in
-    budget_s x (1 - margin), its slack then spent on images per trial (`fill`).
+    budget_s x (1 - margin), its slack then spent on images per trial (`fill_images`).
 
     `fixed`: Fidelity fields the user set; they replace the ladder's values at every level.
     """
@@ -256,7 +304,7 @@ def choose(thr: Throughput, budget_s: float, num_samples: int, concurrent: int, 
         p = predict(f, thr, num_samples, concurrent, spent_s, configs)
         if p.total_s <= target:
             if "train_size" not in fixed:
-                f, p = fill(f, thr, target, num_samples, concurrent, spent_s, configs)
+                f, p = fill_images(f, thr, target, num_samples, concurrent, spent_s, configs)
             return index, f, p
     need = math.ceil(p.total_s / (1 - margin) / 60)
     raise BudgetTooSmall(f"--time-budget {format_duration(budget_s)} is too small here: even the lowest "

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mnist_net.files import prepare_out_dir
+from tuner.results import cut_short
 
 CONNECT_TIMEOUT_S = 5
 HTTP_PROBE_S = 2
@@ -215,12 +216,8 @@ def newest_experiment(storage: str) -> str | None:
 
 
 def unfinished(grid, num_samples: int) -> bool:
-    """True when the run was interrupted: fewer trials than asked for, or one not yet ended.
-
-    On Ctrl-C, Ray 2.60 stops the running trials and marks them TERMINATED like finished ones;
-    only a trial that ended on its own (returned, or was stopped by the scheduler) has
-    done=True in its last result.
-    """
+    """True when the run was interrupted: fewer trials than asked for, or one not yet ended (Ray
+    marks a trial stopped by Ctrl-C TERMINATED like a finished one: results.cut_short tells them apart)."""
     if len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid):
         return True
-    return any(r.error is None and not (r.metrics or {}).get("done") for r in grid)
+    return any(cut_short(r) for r in grid)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mnist_net.data import N_VAL
 from tuner import stats
 from tuner.space import METRIC, PARAMS, SEED_CONFIG
 
@@ -176,7 +177,7 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
         "comparison": compare(challenger, seed, runs, test_labels, recipe, train_images, names),
         "ranking": rank, "warnings": warnings,
         "budget": {"epochs": recipe.epochs, "train_images": train_images, "train_split": recipe.train_split,
-                   "select_images": 10_000 if recipe.selects else 0, "test_images": len(test_labels),
+                   "select_images": N_VAL if recipe.selects else 0, "test_images": len(test_labels),
                    "seeds": recipe.seeds},
     }
 

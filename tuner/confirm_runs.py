@@ -45,8 +45,9 @@ def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int, c
     preds = preds.to(torch.uint8).cpu().numpy()
     last = history.epochs[-1]
     return {"seed": seed, "config": {p: getattr(cfg, p) for p in PARAMS},
-            "val_acc": last.get("val_acc"), "test_acc": 100.0 * float(np.mean(preds == splits["test"].labels.numpy())),
-            "diverged": history.diverged, "seconds": time.perf_counter() - start, "epochs_history": history.epochs,
+            "val_acc": last.val_acc, "test_acc": 100.0 * float(np.mean(preds == splits["test"].labels.numpy())),
+            "diverged": history.diverged, "seconds": time.perf_counter() - start,
+            "epochs_history": [e.to_dict() for e in history.epochs],
             "predictions": preds, "device": str(device), "host": os.uname().nodename,
             "state_dict": {k: v.detach().cpu() for k, v in training.model.state_dict().items()}}
 
@@ -90,7 +91,7 @@ class RunStore:
         files.write_json(self.path(config, seed, recipe, ".json"), run)  # last: its presence means the run is whole
 
 
-def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Plan, store: RunStore,
+def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Placement, store: RunStore,
             changes: dict | None = None, predicted_s: float | None = None) -> dict[str, list[dict]]:
     """Every (candidate, seed) run, read from the store or trained as Ray tasks submitted at once."""
     import ray

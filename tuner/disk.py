@@ -14,6 +14,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tuner.results import cut_short, ray_trial_id
+
 
 def size_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
@@ -32,8 +34,7 @@ def removable(grid, best_trial_id: str) -> list[Path]:
     """The checkpoint folders nothing can use once the search is published (module docstring)."""
     doomed = []
     for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        ended = result.error is None and bool((result.metrics or {}).get("done"))
+        trial_id, ended = ray_trial_id(result), not cut_short(result) and result.error is None
         found = checkpoints(Path(result.path))
         keep_newest = trial_id == best_trial_id or not ended
         doomed.extend(found[:-1] if keep_newest else found)

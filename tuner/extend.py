@@ -67,7 +67,7 @@ class Extension:
                                               "warm_start_trials": len(self.warm_start()[0])})
 
 
-def check(args, out: Path, storage: str) -> Extension:
+def requested(args, out: Path, storage: str) -> Extension:
     """The extension `args` asks for, or ValueError (one line). Writes nothing and starts no Ray:
     `out` and `storage` are where the search would put things, not yet created."""
     name = args.extend
@@ -126,11 +126,8 @@ def parent_space(name: str, parent_best: dict, trials: pd.DataFrame) -> str:
 
 def extension_settings(args, name: str, parent: SearchSettings) -> SearchSettings:
     """The parent's settings with the flags an extension may change; a differing fidelity flag is refused."""
-    given = {}
-    for field in dataclasses.fields(SearchSettings):  # a flag's dest is the field's name, or it less "_s"
-        value = getattr(args, field.name, getattr(args, field.name.removesuffix("_s"), None))
-        if value is not None:
-            given[field.name] = value
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchSettings)  # a flag's dest is its field
+             if getattr(args, f.name, None) is not None}
     conflicts = sorted(k for k, v in given.items() if k not in MAY_DIFFER and v != getattr(parent, k))
     if getattr(args, "smoke_test", False):
         conflicts.insert(0, "smoke_test")
@@ -141,7 +138,7 @@ def extension_settings(args, name: str, parent: SearchSettings) -> SearchSetting
     return dataclasses.replace(parent, **{k: v for k, v in given.items() if k in MAY_DIFFER})
 
 
-def saved(out: Path, name: str, settings: SearchSettings) -> Extension | None:
+def of_resumed(out: Path, name: str, settings: SearchSettings) -> Extension | None:
     """The extension a resumed experiment `name` was started as, or None if it is not one."""
     link = out / name / LINK_FILE
     if not link.is_file():

@@ -41,7 +41,7 @@ def predict_wall_time(settings, plan, data_dir: str, base, started: float) -> st
     or the smoke preset runs. `started`: time.monotonic() when the command began."""
     from tuner.calibrate import calibrate
 
-    if settings.budget != "full":
+    if settings.fidelity_mode != "full":
         return None
     tasks = min(plan.concurrent, settings.num_samples)
     thr = calibrate(data_dir, base, plan.cpu_per_trial, plan.gpu_per_trial, tasks)

@@ -4,67 +4,93 @@ search, the confirm stage's recipe on the time actually left (the model is tuner
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from mnist_net.cli import say
+from mnist_net.data import N_TRAIN
+from tuner import gpu_estimate, resources
 from tuner.budget import (
     LADDER,
     PLAN_MARGIN,
     PUBLISH_S,
-    Fidelity,
+    BudgetPlan,
     Throughput,
-    choose,
     confirm_time,
     format_duration,
+    pick_level,
     raise_confirm,
 )
 from tuner.calibrate import calibrate
 from tuner.confirm import Recipe
-from tuner.settings import SearchSettings
+from tuner.settings import SearchSettings, with_default_budget
 
 
-def plan_settings(settings: SearchSettings, plan, data_dir: str, base, fixed: dict, started: float) -> SearchSettings:
+@dataclass(frozen=True)
+class SearchPlan:
+    """Stage 2: the settings with their fidelity planned (and the hard stop in budget_plan), and
+    where the trials run."""
+
+    settings: SearchSettings
+    placement: resources.Placement
+
+
+def plan_search(settings: SearchSettings, fixed: dict, data_dir: str, started: float, *, new: bool,
+                resumed: bool) -> SearchPlan:
+    """On the connected Ray: place the trials; a `new` search (not resumed, not an extension) on a
+    machine with no GPU and no fidelity flag gets the default time budget; a time budget not yet
+    planned is planned; else a fixed fidelity is said as a predicted wall time (not on --resume).
+    `fixed`: the fidelity flags given."""
+    nodes = resources.alive_nodes()
+    if new:
+        settings = with_default_budget(settings, any(n.get("GPU", 0) > 0 for n in nodes), fixed)
+    placement = resources.place(nodes, settings.gpus_per_trial, settings.cpus_per_trial, settings.max_concurrent)
+    if settings.time_budget_s is not None and settings.budget_plan is None:
+        settings = plan_settings(settings, placement, data_dir, fixed, started)
+    elif not resumed and (line := gpu_estimate.predict_wall_time(
+            settings, placement, data_dir, settings.trial_config(), started)) is not None:
+        say(line)  # no budget (GPUs, or fidelity flags): how long the full recipe will take
+    return SearchPlan(settings, placement)
+
+
+def plan_settings(settings: SearchSettings, placement: resources.Placement, data_dir: str, fixed: dict,
+                  started: float) -> SearchSettings:
     """SearchSettings with the fidelity fields not in `fixed` planned to settings.time_budget_s
     (counted from time.monotonic() == started) and the plan recorded in budget_plan.
 
     The search's hard stop is what the budget leaves after the predicted confirm stage.
     The smoke preset is never calibrated: its budget only stops the search.
     """
-    if settings.budget == "smoke":
+    if settings.fidelity_mode == "smoke":
         left = settings.time_budget_s - (time.monotonic() - started)
-        return replace(settings, budget_plan={"search_time_budget_s": round(max(left, 1.0), 1)})
-    tasks = min(plan.concurrent, settings.num_samples)
+        return replace(settings, budget_plan=BudgetPlan(round(max(left, 1.0), 1)))
+    tasks = min(placement.concurrent, settings.num_samples)
     say(f"time budget {format_duration(settings.time_budget_s)}: calibrating ({tasks} task(s) with one "
         "trial's resources each)")
     calibrating = time.monotonic()
-    thr = calibrate(data_dir, base, plan.cpu_per_trial, plan.gpu_per_trial, tasks)
+    thr = calibrate(data_dir, settings.trial_config(), placement.cpu_per_trial, placement.gpu_per_trial, tasks)
     calibration_s = time.monotonic() - calibrating
     spent = time.monotonic() - started
-    level, fidelity, predicted = choose(thr, settings.time_budget_s, settings.num_samples, plan.concurrent,
-                                        spent, fixed, PLAN_MARGIN, configs=settings.top + 1)
-    # level 1 = the full recipe, as printed
-    record = {"level": level + 1, "levels": len(LADDER), "fidelity": asdict(fidelity),
-              "fixed_by_flags": sorted(fixed), "predicted_s": predicted.to_dict(),
-              "throughput": {**thr.to_dict(), "calibration_s": round(calibration_s, 1), "tasks": tasks},
-              "spent_before_search_s": round(spent, 1),
-              "search_time_budget_s": round(settings.time_budget_s - spent - predicted.confirm_s - PUBLISH_S, 1)}
+    level, fidelity, predicted = pick_level(thr, settings.time_budget_s, settings.num_samples, placement.concurrent,
+                                            spent, fixed, PLAN_MARGIN, configs=settings.top + 1)
+    hard_stop = settings.time_budget_s - spent - predicted.confirm_s - PUBLISH_S
+    record = BudgetPlan(round(hard_stop, 1), level + 1, fidelity, tuple(sorted(fixed)), predicted, thr,
+                        round(calibration_s, 1), tasks, round(spent, 1))  # level 1 = the full recipe, as printed
     return replace(settings, **fidelity.settings(), budget_plan=record)
 
 
 def describe(settings: SearchSettings) -> str | None:
     """One line: the budget, the level chosen, the prediction and the calibrated speeds."""
-    record, fmt = settings.budget_plan, format_duration
-    if settings.budget != "time" or record is None:
+    b, fmt = settings.budget_plan, format_duration
+    if settings.fidelity_mode != "time" or b is None:
         return None
-    thr, p = record["throughput"], record["predicted_s"]
-    speeds = ", ".join(f"{b}: {v:.0f}" for b, v in thr["train_images_per_s"].items())
-    return (f"time budget {fmt(settings.time_budget_s)}: level {record['level']} of {record['levels']}, "
-            f"{Fidelity(**record['fidelity']).describe()}; predicted {fmt(p['total_s'])} (search "
-            f"{fmt(p['search_s'])}, hard stop at {fmt(record['search_time_budget_s'])}; confirm "
-            f"{fmt(p['confirm_s'])}). Calibrated images/s per trial by batch size {{{speeds}}}, eval "
-            f"{thr['eval_images_per_s']:.0f}, {thr['tasks']} at once, in {thr['calibration_s']:.0f} s")
+    speeds = ", ".join(f"{k}: {v:.0f}" for k, v in b.throughput.train.items())
+    return (f"time budget {fmt(settings.time_budget_s)}: level {b.level} of {len(LADDER)}, "
+            f"{b.fidelity.describe()}; predicted {fmt(b.predicted.total_s)} (search "
+            f"{fmt(b.predicted.search_s)}, hard stop at {fmt(b.search_time_budget_s)}; confirm "
+            f"{fmt(b.predicted.confirm_s)}). Calibrated images/s per trial by batch size {{{speeds}}}, eval "
+            f"{b.throughput.eval:.0f}, {b.tasks} at once, in {b.calibration_s:.0f} s")
 
 
 def confirm_recipe(settings: SearchSettings, left_s: float | None = None, batch_sizes: list[int] = (),
@@ -74,19 +100,17 @@ def confirm_recipe(settings: SearchSettings, left_s: float | None = None, batch_
     gives the rest)."""
     planned = Recipe(settings.confirm_seeds, settings.confirm_epochs or settings.max_epochs,
                      settings.confirm_train_size)
-    record = settings.budget_plan or {}
-    if left_s is None or "fidelity" not in record or {"confirm_epochs", "confirm_train_size"} & set(
-            record.get("fixed_by_flags", [])):
+    b = settings.budget_plan
+    if left_s is None or b is None or b.fidelity is None or {"confirm_epochs", "confirm_train_size"} & set(
+            b.fixed_by_flags):
         return planned, None
-    thr = measured(Throughput(train={int(b): v for b, v in record["throughput"]["train_images_per_s"].items()},
-                              eval=record["throughput"]["eval_images_per_s"]), epochs)
-    f = Fidelity(**record["fidelity"])
+    thr, f = measured(replace(b.throughput, load_s=0.0), epochs), b.fidelity
     speeds = [1 / thr.train[b] for b in batch_sizes]  # seconds per image, each candidate's batch size
     e, n = raise_confirm(f, thr, left_s - PUBLISH_S, speeds, concurrent)
     predicted = confirm_time(f.confirm_seeds, e, n, speeds, thr, concurrent)
     say(f"confirm stage: {format_duration(left_s)} left of the budget -> {e} epochs x {n:,} images per run "
         f"(planned {f.confirm_epochs} x {f.confirm_train_size:,}), predicted {format_duration(predicted)}")
-    return replace(planned, epochs=e, train_size=None if n >= 50_000 else n), predicted
+    return replace(planned, epochs=e, train_size=None if n >= N_TRAIN else n), predicted
 
 
 def measured(thr: Throughput, epochs: pd.DataFrame | None) -> Throughput:

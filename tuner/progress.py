@@ -5,7 +5,7 @@ The search's line reads, refreshed about once a second (tqdm: a terminal line, a
     search 12/32 [6 finished, 6 stopped, 2 running] best 98.71% (lr 0.0412, m 0.874, bs 64) | 4:02 < ETA 9:30
 
 Finished = trained every epoch, stopped = ended early by ASHA (or diverged), errored trials count
-as ended too. The ETA starts from the plan's prediction (settings.budget_plan["predicted_s"]) and
+as ended too. The ETA starts from the plan's prediction (settings.budget_plan.predicted) and
 moves towards the rate observed so far as trials end; without a plan it is the observed rate
 alone, shown once a trial has ended.
 """
@@ -156,9 +156,8 @@ def for_search(settings, resumed: bool) -> SearchProgress:
     """The search's line; a resume has no prediction for what is left, so it shows the observed rate."""
     from tuner.budget import expected_epochs
 
-    predicted = (settings.budget_plan or {}).get("predicted_s")
-    if isinstance(predicted, dict):  # {"search_s", "retrain_s", "total_s"}: this line is the search's
-        predicted = predicted.get("search_s")
+    plan = settings.budget_plan
+    predicted = plan.predicted.search_s if plan is not None and plan.predicted is not None else None
     expected = expected_epochs(settings.max_epochs, settings.num_samples) * settings.num_samples
     return SearchProgress(Tally(total=settings.num_samples, max_epochs=settings.max_epochs,
                                 expected_epochs=expected, predicted_s=None if resumed else predicted,

@@ -8,12 +8,12 @@ from pathlib import Path
 from mnist_net import files
 from mnist_net.runtime import provenance
 from tuner import extend, results, study
-from tuner.resources import Plan
+from tuner.resources import Placement
 from tuner.settings import SearchSettings
 from tuner.space import METRIC, MODE, PARAMS, SEED_CONFIG, space_record
 
 
-def write_search_results(grid, settings: SearchSettings, plan: Plan, storage: str, summary_dir: Path,
+def write_search_results(grid, settings: SearchSettings, plan: Placement, storage: str, summary_dir: Path,
                          out: Path, name: str, wall_s: float, ext: extend.Extension | None = None,
                          stopped_by_budget: bool = False) -> dict:
     """stopped_by_budget: Ray's time_budget_s ended the search; the trials it cut short are marked
@@ -57,10 +57,9 @@ BUDGET_STOPPED = "budget_stopped"
 
 
 def mark_budget_stopped(trials, grid):
-    """Trials that neither errored nor ended on their own (finished, or stopped by ASHA: Ray's
-    last result has done=True) were still running when the time budget ran out."""
-    cut = {(r.metrics or {}).get("trial_id") or Path(r.path).name for r in grid
-           if r.error is None and not (r.metrics or {}).get("done")}
+    """Trials cut short (results.cut_short: neither errored nor finished nor stopped by ASHA) were
+    still running when the time budget ran out."""
+    cut = {results.ray_trial_id(r) for r in grid if results.cut_short(r)}
     hit = trials["trial_id"].isin(cut) & (trials["status"] == "stopped")
     trials = trials.copy()
     trials.loc[hit, "status"] = BUDGET_STOPPED

@@ -26,7 +26,7 @@ GPU_MEMORY_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
-class Plan:
+class Placement:
     gpus: float
     cpus: float
     nodes: int
@@ -52,8 +52,8 @@ class Plan:
                 f"each trial {where}; {self.concurrent} trials at once")
 
 
-def plan(nodes: list[dict], gpus_per_trial: float | None = None,
-         cpus_per_trial: int | None = None, max_concurrent: int | None = None) -> Plan:
+def place(nodes: list[dict], gpus_per_trial: float | None = None,
+         cpus_per_trial: int | None = None, max_concurrent: int | None = None) -> Placement:
     """`nodes`: one resource dict per alive node ({"CPU": 8, "GPU": 1, ...}).
 
     Never asks for a GPU the cluster lacks (such a trial would wait forever).
@@ -67,18 +67,18 @@ def plan(nodes: list[dict], gpus_per_trial: float | None = None,
         raise ValueError(f"--gpus-per-trial {gpus_per_trial:g} asked for, but the cluster has no GPU; "
                          "drop the flag to run on CPU")
     if gpus > 0 and gpus_per_trial != 0:
-        return gpu_plan(nodes, gpus_per_trial or DEFAULT_GPU_SHARE, cpus_per_trial, max_concurrent)
+        return gpu_placement(nodes, gpus_per_trial or DEFAULT_GPU_SHARE, cpus_per_trial, max_concurrent)
     # CPU trials: one thread each on small machines, a few on big ones.
     cpu_share = cpus_per_trial or max(1, int(max((n.get("CPU", 0) for n in nodes), default=1)) // 8)
     concurrent = sum(int(n.get("CPU", 0) // cpu_share) for n in nodes)
     if concurrent == 0:
         raise ValueError(f"no node can fit one trial ({cpu_share} CPU); lower --cpus-per-trial")
-    return Plan(gpus=gpus, cpus=cpus, nodes=len(nodes), gpu_per_trial=0.0, cpu_per_trial=cpu_share,
+    return Placement(gpus=gpus, cpus=cpus, nodes=len(nodes), gpu_per_trial=0.0, cpu_per_trial=cpu_share,
                 concurrent=min(concurrent, max_concurrent or concurrent))
 
 
-def gpu_plan(nodes: list[dict], asked: float, cpus_per_trial: int | None,
-             max_concurrent: int | None) -> Plan:
+def gpu_placement(nodes: list[dict], asked: float, cpus_per_trial: int | None,
+             max_concurrent: int | None) -> Placement:
     """Trials on GPU nodes only, the same number k on every GPU.
 
     Ray fills one GPU before it uses the next and never splits a trial across two, so a node
@@ -106,7 +106,7 @@ def gpu_plan(nodes: list[dict], asked: float, cpus_per_trial: int | None,
     if concurrent == 0:
         raise ValueError(f"no node can fit one trial ({cpu} CPU, {share:g} GPU); "
                          "lower --cpus-per-trial or --gpus-per-trial")
-    return Plan(gpus=sum(n.get("GPU", 0) for n in nodes), cpus=sum(n.get("CPU", 0) for n in nodes),
+    return Placement(gpus=sum(n.get("GPU", 0) for n in nodes), cpus=sum(n.get("CPU", 0) for n in nodes),
                 nodes=len(nodes), gpu_per_trial=share, cpu_per_trial=cpu, concurrent=int(concurrent),
                 asked_gpu_share=asked, memory_cap=memory_cap(nodes))
 
@@ -137,7 +137,7 @@ def task_resources(cpus: int, gpus: float, name: str) -> dict:
     return options
 
 
-def task_options(plan: Plan, name: str) -> dict:
+def task_options(plan: Placement, name: str) -> dict:
     """task_resources for one trial's share of `plan`: `ray.remote(**task_options(plan, name))(fn)`."""
     return task_resources(plan.cpu_per_trial, plan.gpu_per_trial, name)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_net import files
-from tuner.space import CHANCE_ACC, METRIC, MODE, PARAMS, TIME_ATTR, optuna_distributions
+from tuner.space import CHANCE_ACC, EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, optuna_distributions
 
 PLOTS = {"optimization_history": "plot_optimization_history",
          "param_importances": "plot_param_importances",
@@ -25,6 +25,18 @@ def trial_number(trial_id: str, path: str) -> int:
     return int(match.group(1)) if match else 10**9
 
 
+def ray_trial_id(result) -> str:
+    """A Ray Result's trial id, from its last report, or its folder's name if it never reported."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def cut_short(result) -> bool:
+    """Neither errored nor ended on its own. Only a trial that returned or that the scheduler stopped
+    has done=True in its last result; on Ctrl-C or the time budget Ray 2.60 stops the running trials
+    and marks them TERMINATED like finished ones."""
+    return result.error is None and not (result.metrics or {}).get("done")
+
+
 def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per trial, one row per trial-epoch) from a ResultGrid."""
     rows, epochs = [], []
@@ -35,14 +47,12 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             # A retried or resumed trial trains again the epochs after its last checkpoint
             # (train_s5's checkpoint_every): keep each epoch's last report.
             history = history.drop_duplicates(TIME_ATTR, keep="last").reset_index(drop=True)
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        trial_id = ray_trial_id(result)
         config = result.config or {}
         if not history.empty:
             for _, rec in history.iterrows():
                 epochs.append({"trial_id": trial_id, "epoch": int(rec[TIME_ATTR]),
-                               **{k: rec.get(k) for k in ("val_acc", "val_loss", "train_loss", "train_acc",
-                                                          "lr", "images_per_s", "epoch_seconds",
-                                                          "eval_seconds", "peak_rss_mb")}})
+                               **{k: rec.get(k) for k in (*EPOCH_METRICS, "peak_rss_mb")}})
         row = trial_row(trial_id, config, history, result.error, max_epochs)
         rows.append({"trial": trial_number(trial_id, result.path), **row})
     trials = pd.DataFrame(rows).sort_values("trial", kind="stable").reset_index(drop=True)
@@ -134,27 +144,34 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, 
     return optuna.load_study(study_name=name, storage=f"sqlite:///{storage_file}")
 
 
-def write_plots(study, folder: Path) -> list[str]:
-    """Optuna's matplotlib plots of the study; returns the PNG names written."""
-    import matplotlib.pyplot as plt
+def plot_study(study) -> dict:
+    """Optuna's matplotlib plots of the study, name -> Figure; one it cannot draw yet is skipped."""
     import optuna.visualization.matplotlib as ovm
 
-    from mnist_net.plots import save
-
-    written = []
+    drawn = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         for name, fn in PLOTS.items():
             try:
                 ax = getattr(ovm, fn)(study)
-            except (ValueError, RuntimeError) as err:  # e.g. importances need >1 complete trial
+            except (ValueError, RuntimeError) as err:  # e.g. importances need 2 complete trials
                 print(f"skipped {name} plot: {err}")
                 continue
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            save(fig, folder / f"{name}.png")
-            plt.close(fig)
-            written.append(f"{name}.png")
-    return written
+            drawn[name] = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+    return drawn
+
+
+def write_plots(study, folder: Path) -> list[str]:
+    """plot_study's figures as PNGs in `folder`; returns the names written."""
+    import matplotlib.pyplot as plt
+
+    from mnist_net.plots import save
+
+    drawn = plot_study(study)
+    for name, fig in drawn.items():
+        save(fig, folder / f"{name}.png")
+        plt.close(fig)
+    return [f"{name}.png" for name in drawn]
 
 
 def _native(value):

@@ -19,7 +19,7 @@ import pandas as pd
 from mnist_net import files, plots
 from mnist_net.cli import Parser, add_compile_mode, compile_changes, non_negative_float, positive_int, say
 from mnist_net.config import TrainConfig
-from mnist_net.data import DEFAULT_DATA_DIR, load_splits
+from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, N_VAL, load_splits
 from mnist_net.download import DataUnavailable
 from mnist_net.runtime import provenance
 from tuner import cluster, confirm, resources
@@ -30,7 +30,7 @@ from tuner.space import PARAMS, SEED_CONFIG
 SMOKE = {"seeds": 1, "epochs": 1, "train_size": 1024}
 DEFAULTS = {"seeds": 3, "epochs": 20, "train_size": None}
 DEFAULT_TOP = 3
-SPLIT_SIZES = {"train": 50_000, "train+val": 60_000}
+SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,35 @@ def job_from_args(args) -> Job:
     return Job(tuple(cands), recipe, data_dir, files.prepare_out_dir(out), source, compile_changes(args))
 
 
-def execute(job: Job, plan: resources.Plan, predicted_s: float | None = None) -> dict:
+def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s: float | None) -> dict:
+    """Stage 5 of a search, on its Ray: its top configs and the seed's, at the recipe the time left
+    fits (`left_s`; None = as planned); best_config.json then names the confirmed winner, with the
+    search's own pick beside it."""
+    import ray
+
+    from tuner import planning, publish, tracking
+
+    trials = read_trials(summary_dir)
+    cands = tuple(confirm.candidates(trials, settings.top))
+    plan = resources.place(resources.alive_nodes(), settings.gpus_per_trial, settings.cpus_per_trial,
+                          len(cands) * settings.confirm_seeds)
+    epochs = pd.read_csv(summary_dir / "trial_epochs.csv").merge(trials[["trial_id", "batch_size"]], on="trial_id")
+    recipe, predicted_s = planning.confirm_recipe(settings, left_s, [c.config["batch_size"] for c in cands[:-1]],
+                                                  epochs, plan.concurrent)
+    job = Job(cands, recipe, data_dir, summary_dir, str(summary_dir / "trials.csv"), settings.compile_changes())
+    try:
+        rep = execute(job, plan, predicted_s)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, ValueError):  # e.g. a GPU share on a torch without CUDA
+            raise ValueError(str(err.cause)) from None
+        raise
+    publish.record_confirmation(out, summary_dir, rep)
+    if (mlflow := tracking.parent_of(summary_dir)) is not None:
+        tracking.log_final(*mlflow, rep, name="confirm")
+    return rep
+
+
+def execute(job: Job, plan: resources.Placement, predicted_s: float | None = None) -> dict:
     """Run (or read back) every run on the connected Ray, then write and return the report."""
     splits = load_splits(job.data_dir)
     say(f"confirm: {len(job.cands)} configs x {job.recipe.seeds} seed(s), "
@@ -183,7 +211,7 @@ def connected(parser: Parser, args, job: Job) -> dict:
         if own:
             cluster.connect(args.address)
         runs = len(job.cands) * job.recipe.seeds
-        plan = resources.plan(resources.alive_nodes(), args.gpus_per_run, args.cpus_per_run, runs)
+        plan = resources.place(resources.alive_nodes(), args.gpus_per_run, args.cpus_per_run, runs)
         return execute(job, plan)
     except ray.exceptions.RayTaskError as err:  # first: Ray makes it an instance of its cause's class
         if isinstance(err.cause, ValueError):  # e.g. a GPU share but a torch build without CUDA

@@ -4,7 +4,6 @@ summary files, or one still running from its live study and Ray's trial files, w
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from tuner.results import PLOTS
+from tuner.budget import rungs
+from tuner.results import plot_study
 from tuner.settings import grace_period_for, reduction_factor_for
 from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR
 
@@ -140,20 +140,9 @@ def study(review: Review):
 
 
 def optuna_figures(review: Review) -> list[Figure]:
-    """Optuna's optimization history, parameter importances and parallel coordinates."""
-    import optuna.visualization.matplotlib as ovm
-
-    s, figures = study(review), []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's matplotlib backend is marked experimental
-        for fn in PLOTS.values():
-            try:
-                ax = getattr(ovm, fn)(s)
-            except (ValueError, RuntimeError) as err:  # a running study: e.g. importances need 2 complete trials
-                print(f"{fn}: not yet ({err})")
-                continue
-            figures.append((ax.flat[0] if hasattr(ax, "flat") else ax).figure)
-    return figures
+    """Optuna's optimization history, parameter importances and parallel coordinates (those it can
+    draw yet, for a running study)."""
+    return list(plot_study(study(review)).values())
 
 
 def _same(row, config: dict | None) -> bool:
@@ -178,10 +167,8 @@ def trial_curves(review: Review) -> Figure:
                         label=f"{label}: lr {row['lr']:.3g}, m {row['momentum']:.2f}, bs {int(row['batch_size'])}")
     for batch, colour in colours.items():
         ax.plot([], [], color=colour, label=f"batch {batch}")
-    rung = search["grace_period"]
-    while rung < search["max_epochs"]:
+    for rung in rungs(search["max_epochs"], search["grace_period"], search["reduction_factor"]):
         ax.axvline(rung, color="gray", linestyle=":")
-        rung *= search["reduction_factor"]
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")

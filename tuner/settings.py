@@ -11,7 +11,9 @@ from pathlib import Path
 
 from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
-from mnist_net.config import is_int, is_number
+from mnist_net.config import TrainConfig, is_int, is_number
+from mnist_net.data import N_TRAIN, N_VAL
+from tuner.budget import FIDELITY_FIELDS, BudgetPlan, grace_period_for, reduction_factor_for
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
@@ -24,23 +26,12 @@ DEFAULT_CONFIRM_TOP = 3
 # epoch at lr 0.001: chance). ASHA then has a trial below the median on any machine.
 SMOKE_POINTS = [{"lr": 0.05, "momentum": 0.9, "batch_size": 32},
                 {"lr": 0.001, "momentum": 0.5, "batch_size": 1024}]
-# "full": the defaults (or the fidelity flags given); "time": fidelity planned to --time-budget;
-# "smoke": the tiny test preset.
-BUDGETS = ("full", "time", "smoke")
-BUDGET_FLAGS = ("max_epochs", "train_size", "eval_size", "confirm_seeds", "confirm_epochs", "confirm_train_size")
+# Where the fidelity comes from. "full": the defaults (or the fidelity flags given); "time": planned to
+# --time-budget; "smoke": the tiny test preset.
+FIDELITY_MODES = ("full", "time", "smoke")
 # Names an older search_settings.json used: a --resume of it still loads.
 RENAMED = {"retrain_seeds": "confirm_seeds", "retrain_epochs": "confirm_epochs",
-           "retrain_train_size": "confirm_train_size"}
-
-
-def grace_period_for(max_epochs: int) -> int:
-    """ASHA's first rung: ~1/10 of the epochs, at least 1 (early epochs are noisy)."""
-    return max(1, max_epochs // 10)
-
-
-def reduction_factor_for(max_epochs: int) -> int:
-    """Halve at each rung on short budgets; keep a third on long ones (more rungs)."""
-    return 2 if max_epochs <= 6 else 3
+           "retrain_train_size": "confirm_train_size", "budget": "fidelity_mode"}
 
 
 @dataclass(frozen=True)
@@ -57,11 +48,9 @@ class SearchSettings:
     confirm_seeds: int = 3
     confirm_epochs: int | None = None  # None = max_epochs
     confirm_train_size: int | None = None  # images of the 50k train split per confirm run; None = all
-    budget: str = "full"  # one of BUDGETS
+    fidelity_mode: str = "full"  # one of FIDELITY_MODES
     time_budget_s: float | None = None  # --time-budget: the whole command's wall-clock budget
-    # With a time budget: what the planner measured and chose (throughput, level, prediction) and
-    # the search's hard stop. Saved, so that --resume reuses it instead of recalibrating.
-    budget_plan: dict | None = None
+    budget_plan: BudgetPlan | None = None  # what the time budget planned (tuner.planning)
     checkpoint_every: int | None = None  # epochs between trial checkpoints; None = auto (trainable)
     compile_mode: str | None = None  # --compile-mode (mnist_net.cli); None = TrainConfig's own (eager)
 
@@ -77,8 +66,8 @@ class SearchSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (is_int(self.seed) and self.seed >= 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        if self.fidelity_mode not in FIDELITY_MODES:
+            raise ValueError(f"fidelity_mode must be one of {FIDELITY_MODES}, got {self.fidelity_mode!r}")
         g = self.gpus_per_trial
         if g is not None and not (is_number(g) and 0 <= g <= 1):
             # engine and trainable train on one device: a second GPU would sit idle, booked
@@ -87,19 +76,19 @@ class SearchSettings:
         t = self.time_budget_s
         if t is not None and not (is_number(t) and 0 < t < math.inf):
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {t!r}")
-        if (self.budget == "time" and t is None) or (self.budget == "full" and t is not None):
-            raise ValueError(f"budget {self.budget!r} with time_budget_s {t!r}: a time budget plans "
-                             "the fidelity (budget 'time') or stops the smoke preset")
+        if (self.fidelity_mode == "time" and t is None) or (self.fidelity_mode == "full" and t is not None):
+            raise ValueError(f"fidelity_mode {self.fidelity_mode!r} with time_budget_s {t!r}: a time budget "
+                             "plans the fidelity (mode 'time') or stops the smoke preset")
         if self.confirm_top is not None and self.confirm_top > self.num_samples:
             raise ValueError(f"confirm_top {self.confirm_top} exceeds num_samples {self.num_samples}: the "
                              "search cannot have more configs to confirm than trials")
         for name in ("train_size", "confirm_train_size"):
-            if (getattr(self, name) or 0) > 50_000:
-                raise ValueError(f"{name} {getattr(self, name)} exceeds the 50,000-image train split")
+            if (getattr(self, name) or 0) > N_TRAIN:
+                raise ValueError(f"{name} {getattr(self, name)} exceeds the {N_TRAIN:,}-image train split")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODE_CHOICES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODE_CHOICES}, got {self.compile_mode!r}")
-        if self.eval_size is not None and self.eval_size > 10_000:
-            raise ValueError(f"eval_size {self.eval_size} exceeds the 10,000-image val split")
+        if self.eval_size is not None and self.eval_size > N_VAL:
+            raise ValueError(f"eval_size {self.eval_size} exceeds the {N_VAL:,}-image val split")
 
     @property
     def grace_period(self) -> int:
@@ -108,6 +97,11 @@ class SearchSettings:
     @property
     def reduction_factor(self) -> int:
         return reduction_factor_for(self.max_epochs)
+
+    def trial_config(self) -> TrainConfig:
+        """The TrainConfig every trial starts from (Tune's sampled params replace lr, momentum, batch)."""
+        return TrainConfig(epochs=self.max_epochs, train_split="train", train_size=self.train_size,
+                           eval_size=self.eval_size, seed=self.seed, **self.compile_changes())
 
     def compile_changes(self) -> dict:
         """TrainConfig fields for compile_mode, as every CLI reads --compile-mode."""
@@ -121,10 +115,11 @@ class SearchSettings:
     @property
     def search_time_budget_s(self) -> float | None:
         """Ray Tune's hard stop for the search (seconds from its start), if any."""
-        return (self.budget_plan or {}).get("search_time_budget_s")
+        return None if self.budget_plan is None else self.budget_plan.search_time_budget_s
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**out, "budget_plan": None if self.budget_plan is None else self.budget_plan.to_dict()}
 
     def save(self, path: Path) -> None:
         files.write_json(path, self.to_dict())
@@ -132,7 +127,28 @@ class SearchSettings:
     @classmethod
     def load(cls, path: Path) -> SearchSettings:
         try:
-            saved = json.loads(path.read_text())
-            return cls(**{RENAMED.get(k, k): v for k, v in saved.items()})
+            saved = {RENAMED.get(k, k): v for k, v in json.loads(path.read_text()).items()}
+            plan = saved.get("budget_plan")
+            return cls(**{**saved, "budget_plan": None if plan is None else BudgetPlan.from_dict(plan)})
         except (OSError, ValueError, TypeError) as err:
             raise ValueError(f"cannot read the saved search settings {path}: {err}") from None
+
+
+def fidelity_flags(args: argparse.Namespace) -> dict:
+    """The fidelity flags the user gave: a time budget plans only the others."""
+    return {k: getattr(args, k) for k in FIDELITY_FIELDS if getattr(args, k, None) is not None}
+
+
+def from_args(args: argparse.Namespace) -> SearchSettings:
+    """Defaults < smoke preset < explicit flags (each flag's dest is its field's name), validated here."""
+    names = [f.name for f in dataclasses.fields(SearchSettings) if f.name not in ("fidelity_mode", "budget_plan")]
+    explicit = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    mode = "smoke" if args.smoke_test else "time" if "time_budget_s" in explicit else "full"
+    return SearchSettings(**{**(SMOKE if args.smoke_test else {}), **explicit, "fidelity_mode": mode})
+
+
+def with_default_budget(settings: SearchSettings, has_gpu: bool, fixed: dict) -> SearchSettings:
+    """A new search on a machine with no GPU and no fidelity flag is planned to DEFAULT_TIME_BUDGET_S."""
+    if settings.fidelity_mode != "full" or has_gpu or fixed:
+        return settings
+    return dataclasses.replace(settings, fidelity_mode="time", time_budget_s=float(DEFAULT_TIME_BUDGET_S))

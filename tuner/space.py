@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mnist_net.engine import CHANCE_ACC  # noqa: F401  (what a diverged trial scores; the tuner reads it here)
 
 METRIC = "val_acc"  # percent correct on the 10k val split (never test)
 MODE = "max"
 TIME_ATTR = "training_iteration"  # one iteration == one epoch
+# The engine's per-epoch numbers a trial reports (tuner.trainable); trial_epochs.csv keeps them, with
+# the trial's peak memory (tuner.results). "diverged" shows in trials.csv's status instead.
+EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s", "epoch_seconds",
+                 "eval_seconds")
+REPORTED = (*EPOCH_METRICS, "diverged")
 
-LR_RANGE = (1e-3, 0.2)  # log-uniform
-MOMENTUM_RANGE = (0.5, 0.99)
-BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
-PARAMS = ("lr", "momentum", "batch_size")
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter; param_space, space_record and optuna_distributions all read SPACE."""
+
+    kind: str  # "loguniform", "uniform" (Ray's sampler names) or "choice"
+    values: tuple  # (low, high), or the choices
+
+
+SPACE = {"lr": Param("loguniform", (1e-3, 0.2)),
+         "momentum": Param("uniform", (0.5, 0.99)),
+         "batch_size": Param("choice", (32, 64, 128, 256, 512, 1024))}
+PARAMS = tuple(SPACE)
+# By name, for what checks a trial against the space (tuner.extend) or loops over batch sizes.
+LR_RANGE, MOMENTUM_RANGE, BATCH_SIZES = SPACE["lr"].values, SPACE["momentum"].values, SPACE["batch_size"].values
 
 # The seed's recipe is always trial 1, so the baseline is in every search.
 SEED_CONFIG = {"lr": 0.01, "momentum": 0.9, "batch_size": 512}
@@ -20,25 +38,18 @@ SEED_CONFIG = {"lr": 0.01, "momentum": 0.9, "batch_size": 512}
 def param_space() -> dict:
     from ray import tune  # here, so that reading results (the notebook) never imports Ray
 
-    return {
-        "lr": tune.loguniform(*LR_RANGE),
-        "momentum": tune.uniform(*MOMENTUM_RANGE),
-        "batch_size": tune.choice(list(BATCH_SIZES)),
-    }
+    return {name: tune.choice(list(p.values)) if p.kind == "choice" else getattr(tune, p.kind)(*p.values)
+            for name, p in SPACE.items()}
 
 
 def space_record() -> dict:
     """The same space as JSON, recorded in best_config.json so that --extend can compare spaces."""
-    return {"lr": {"loguniform": list(LR_RANGE)}, "momentum": {"uniform": list(MOMENTUM_RANGE)},
-            "batch_size": {"choice": list(BATCH_SIZES)}}
+    return {name: {p.kind: list(p.values)} for name, p in SPACE.items()}
 
 
 def optuna_distributions() -> dict:
     """The same space as Optuna distributions, to rebuild a study from finished trials."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    return {
-        "lr": FloatDistribution(*LR_RANGE, log=True),
-        "momentum": FloatDistribution(*MOMENTUM_RANGE),
-        "batch_size": CategoricalDistribution(list(BATCH_SIZES)),
-    }
+    return {name: CategoricalDistribution(list(p.values)) if p.kind == "choice"
+            else FloatDistribution(*p.values, log=p.kind == "loguniform") for name, p in SPACE.items()}

@@ -79,7 +79,7 @@ def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> d
             "mcnemar": per_seed, "acc_best": acc_best, "acc_seed_config": acc_seed}
 
 
-def images(n: int) -> str:
+def image_count(n: int) -> str:
     """60000 -> '60k', 1024 -> '1,024'."""
     return f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
 
@@ -154,7 +154,8 @@ def verdict(comparison: dict, epochs: int, train_images: int, names: tuple[str, 
     a, b = names
     pct = int(round(100 * comparison["confidence"]))
     p = _pvalues([m["pvalue"] for m in comparison["mcnemar"]])
-    at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images(train_images)} images, {seeds} seed{'s' * (seeds != 1)}"
+    at = (f"at {epochs} epoch{'s' * (epochs != 1)} on {image_count(train_images)} images, "
+          f"{seeds} seed{'s' * (seeds != 1)}")
     kind = outcome(comparison)
     if kind == "better":
         return f"{a} beats {b} by {mean:.2f} pp on test across seeds ({pct} % CI {_interval(low, high)}, {p}) {at}"

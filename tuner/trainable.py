@@ -12,16 +12,15 @@ import torch
 from ray import tune
 
 from mnist_net.config import TrainConfig
-from mnist_net.engine import Training, build_training, cpu_state, fit
+from mnist_net.engine import EpochRecord, Training, build_training, cpu_state, fit
 from tuner.resources import explain_oom, worker_device, worker_splits
+from tuner.space import PARAMS, REPORTED
 
 # In the trial's process: Ray logs every checkpoint at INFO ("Checkpoint successfully created at"),
 # which would break the driver's one progress line (tuner.progress); failures still log.
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 CHECKPOINT_FILE = "state.pt"
-REPORTED = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s",
-            "epoch_seconds", "eval_seconds", "diverged")
 # "auto" checkpoints once the training time since the last checkpoint is this many times the
 # measured cost of one: checkpoints then cost at most 1/20 = 5 % of a trial's time.
 AUTO_CHECKPOINT_RATIO = 20
@@ -30,7 +29,7 @@ AUTO_CHECKPOINT_RATIO = 20
 
 def to_train_config(config: dict, base: TrainConfig) -> TrainConfig:
     """The trainable boundary: Tune's sampled params -> the typed config, validated once."""
-    params = {k: config[k] for k in ("lr", "momentum", "batch_size")}
+    params = {k: config[k] for k in PARAMS}
     params["batch_size"] = int(params["batch_size"])
     return TrainConfig.from_dict(params, base)
 
@@ -56,14 +55,17 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
     start_epoch = restore(training, tune.get_checkpoint())
     policy = CheckpointPolicy(checkpoint_every, last_epoch=cfg.epochs)
 
-    def report(record: dict, t: Training) -> None:
-        metrics = {**{k: record.get(k, 0.0) for k in REPORTED}, "peak_rss_mb": peak_rss_mb()}
-        if not policy.due(record["epoch"], time.perf_counter()):
+    def report(record: EpochRecord, t: Training) -> None:
+        # getattr: a REPORTED name that is no EpochRecord field fails at once instead of reading 0.0.
+        # eval_seconds is None after a diverged epoch (nothing evaluated); Ray's tables get 0.0.
+        values = {k: getattr(record, k) for k in REPORTED}
+        metrics = {**{k: 0.0 if v is None else v for k, v in values.items()}, "peak_rss_mb": peak_rss_mb()}
+        if not policy.due(record.epoch, time.perf_counter()):
             tune.report(metrics)
             return
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(tmp, t, record["epoch"], cfg)
+            save_state(tmp, t, record.epoch, cfg)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # copies it to storage
         end = time.perf_counter()
         policy.saved(end - start, end)

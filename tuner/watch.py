@@ -1,6 +1,6 @@
-"""What tuner.search.run adds around tuner.fit() so a search can be watched and leaves little behind:
+"""What tuner.run.run_trials adds around tuner.fit() so a search can be watched and leaves little behind:
 the progress line, MLflow runs, the live study's check before a --resume, and the checkpoint
-tidy-up after publishing. One object, so run() needs a few lines, not a dozen."""
+tidy-up after publishing. One object, so run_trials needs a few lines, not a dozen."""
 
 from __future__ import annotations
 
@@ -26,19 +26,20 @@ class Watch:
             tracking.end_search(self.mlflow_uri, self.parent_run_id, best, "KILLED" if interrupted else "FINISHED")
 
 
-def start(args, settings, plan, summary_dir: Path, name: str) -> Watch:
-    """The search's callbacks: the progress line unless --verbose (Ray's own tables then), and
-    Ray's MLflow logger under a parent run with --mlflow (already checked by the parser)."""
+def start(exp, settings, placement) -> Watch:
+    """The search's callbacks for the experiment `exp` (a tuner.search.Experiment): the progress
+    line unless exp.verbose (Ray's own tables then), and Ray's MLflow logger under a parent run
+    with exp.mlflow (already checked by the parser)."""
     from tuner import progress  # imports Ray Tune: not at tuner.search's import
 
-    w = Watch(summary_dir, getattr(args, "mlflow", None))
-    if not getattr(args, "verbose", False):
-        w.callbacks.append(progress.for_search(settings, resumed=bool(args.resume)))
+    w = Watch(exp.summary_dir, exp.mlflow)
+    if not exp.verbose:
+        w.callbacks.append(progress.for_search(settings, resumed=exp.resumed))
     if w.mlflow_uri:
-        w.parent_run_id = tracking.start_search(w.mlflow_uri, name, settings, plan, summary_dir)
+        w.parent_run_id = tracking.start_search(w.mlflow_uri, exp.name, settings, placement, exp.summary_dir)
         w.callbacks.append(tracking.trial_callback(w.mlflow_uri, w.parent_run_id, settings.max_epochs))
         say(f"MLflow: {w.mlflow_uri}, experiment {tracking.EXPERIMENT}, parent run {w.parent_run_id}")
-    say(f"live Optuna study: optuna-dashboard {study.storage_url(summary_dir / study.FILE)}")
+    say(f"live Optuna study: optuna-dashboard {study.storage_url(exp.summary_dir / study.FILE)}")
     return w
 
 
