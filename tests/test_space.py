@@ -36,3 +36,34 @@ def test_rays_space_matches_the_record():
     assert isinstance(ray_space["batch_size"], Categorical)
     assert ray_space["batch_size"].categories == RECORD["batch_size"]["choice"]
     assert space.SEED_CONFIG["batch_size"] in space.BATCH_SIZES
+
+
+# --- what ASHA ranks by ----------------------------------------------------------------------
+
+def rung_decisions(scores: list[float]) -> list[str]:
+    """Ray's own async-ASHA bracket (max_t 4, grace 1, halving): the decision for each trial's
+    first-rung score, reported in this order."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    bracket = _Bracket(min_t=1, max_t=4, reduction_factor=2, s=0)
+    return [bracket.on_result(SimpleNamespace(trial_id=str(i)), 1, s) for i, s in enumerate(scores)]
+
+
+def test_trials_tied_at_chance_are_stopped_by_their_loss():
+    """Six trials still at the majority class (10.1 %) after epoch 1, one that learns. By val_acc
+    alone ASHA stops none of them (none is strictly below the cutoff); by val_score it stops
+    those whose loss is above the median of the rung so far, as it would on distinct scores."""
+    accs = [10.1, 10.1, 10.1, 93.0, 10.1, 10.1, 10.1]
+    losses = [2.3011, 2.3020, 2.3034, 0.21, 2.3040, 2.3001, 2.3050]
+    assert set(rung_decisions(accs)) == {"CONTINUE"}
+    decided = rung_decisions([space.val_score(a, v) for a, v in zip(accs, losses, strict=True)])
+    assert decided[3] == "CONTINUE" and decided.count("STOP") >= 3, decided
+    assert [d for d, v in zip(decided, losses, strict=True) if v == 2.3050] == ["STOP"]
+
+
+def test_the_loss_term_never_reorders_different_accuracies():
+    worst, best = space.val_score(50.01, float("nan")), space.val_score(50.0, 0.0)
+    assert worst > best  # 0.01 pp (one image in 10,000) outweighs any loss
+    assert space.val_score(10.0, float("inf")) == space.val_score(10.0, 1e9) == 10.0 - 10 * space.LOSS_WEIGHT

@@ -130,6 +130,8 @@ def checkpointed_epochs(base: TrainConfig, every: int | None, storage) -> list[i
                                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None))).fit()
     result = grid[0]
     assert result.error is None and result.metrics["training_iteration"] == 3
+    m = result.metrics  # what ASHA ranks by: val_acc, less a loss term below its resolution
+    assert m["val_score"] == pytest.approx(m["val_acc"] - 1e-4 * m["val_loss"]) and m["val_score"] < m["val_acc"]
     epochs = []
     for checkpoint, metrics in result.best_checkpoints:
         with checkpoint.as_directory() as folder:

@@ -13,7 +13,7 @@ from mnist_net.cli import say
 from tuner import cluster, watch
 from tuner.planning import SearchPlan
 from tuner.settings import SMOKE_POINTS, SearchSettings
-from tuner.space import METRIC, MODE, SEED_CONFIG, TIME_ATTR, param_space
+from tuner.space import METRIC, MODE, RUNG_METRIC, SEED_CONFIG, TIME_ATTR, param_space
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def build_tuner(trainable, settings: SearchSettings, placement, storage: str, na
         # hint to its session folder even at verbose=0: its legacy reporter prints nothing there
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=settings.max_epochs,
+    scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=RUNG_METRIC, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space(),

@@ -216,8 +216,8 @@ def start_summary(exp: Experiment, plan: planning.SearchPlan) -> bool:
         say(f"extending {exp.extension.parent}: TPE warm-started with {len(exp.extension.warm_start()[0])} "
             "of its trials")
     for line in (planning.describe(settings), plan.placement.describe(),
-                 f"ASHA on {METRIC} ({MODE}) over epochs: max_t {settings.max_epochs}, grace period "
-                 f"{settings.grace_period}, reduction factor {settings.reduction_factor}",
+                 f"ASHA on {METRIC} ({MODE}; ties broken by val_loss) over epochs: max_t {settings.max_epochs}, "
+                 f"grace period {settings.grace_period}, reduction factor {settings.reduction_factor}",
                  f"experiment {exp.name}: Ray storage {exp.storage}, summary {summary_dir}"):
         if line is not None:
             say(line)

@@ -14,7 +14,7 @@ from ray import tune
 from mnist_net.config import TrainConfig
 from mnist_net.engine import EpochRecord, Training, build_training, cpu_state, fit
 from tuner.resources import explain_oom, worker_device, worker_splits
-from tuner.space import PARAMS, REPORTED
+from tuner.space import PARAMS, REPORTED, RUNG_METRIC, val_score
 
 # In the trial's process: Ray logs every checkpoint at INFO ("Checkpoint successfully created at"),
 # which would break the driver's one progress line (tuner.progress); failures still log.
@@ -59,7 +59,8 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
         # getattr: a REPORTED name that is no EpochRecord field fails at once instead of reading 0.0.
         # eval_seconds is None after a diverged epoch (nothing evaluated); Ray's tables get 0.0.
         values = {k: getattr(record, k) for k in REPORTED}
-        metrics = {**{k: 0.0 if v is None else v for k, v in values.items()}, "peak_rss_mb": peak_rss_mb()}
+        metrics = {**{k: 0.0 if v is None else v for k, v in values.items()}, "peak_rss_mb": peak_rss_mb(),
+                   RUNG_METRIC: val_score(record.val_acc, record.val_loss)}
         if not policy.due(record.epoch, time.perf_counter()):
             tune.report(metrics)
             return
