@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -84,3 +85,21 @@ def compile_changes(args: argparse.Namespace) -> dict:
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '20m', '1.5h' or plain seconds -> seconds (argparse type: one-line errors)."""
+    match = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+))\s*([smh]?)", text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds, or a number "
+                                         "with s, m or h (90s, 20m, 1.5h)")
+    seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration (e.g. 20m)")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"

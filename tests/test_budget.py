@@ -10,6 +10,7 @@ from itertools import pairwise
 import pytest
 from ray.tune.schedulers.async_hyperband import _Bracket
 
+from mnist_net.cli import parse_duration
 from tuner import budget
 from tuner.budget import (
     CONFIRM_SETUP_S,
@@ -33,13 +34,13 @@ N, SLOTS = 32, 2
     ("90s", 90), ("20m", 1200), ("1.5h", 5400), ("300", 300), (" 2M ", 120), ("0.5m", 30), (".5h", 1800),
 ])
 def test_parse_duration(text, seconds):
-    assert budget.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["0", "0s", "-5m", "abc", "20x", "", "1e3", "inf", "nan", "5 min"])
 def test_parse_duration_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError):
-        budget.parse_duration(text)
+        parse_duration(text)
 
 
 def test_the_ladder_starts_at_the_full_recipe_and_only_ever_gives_fidelity_up():

@@ -1,5 +1,6 @@
 """The predicted wall time of a search without --time-budget (issue 15 item 11): pure, no Ray."""
 
+from mnist_net.cli import format_duration
 from tuner import budget, gpu_estimate
 from tuner.settings import SearchSettings
 from tuner.space import BATCH_SIZES
@@ -21,7 +22,7 @@ def test_a_slow_gpu_at_full_fidelity_is_announced_in_hours():
     slow = gpu_estimate.predicted_line(settings, throughput(1500), concurrent=4)  # a T4-like trial (not measured)
     expected = budget.predict(gpu_estimate.settings_fidelity(settings), throughput(1500), 32, 4,
                               configs=settings.top + 1)
-    assert slow.startswith(f"predicted wall time {budget.format_duration(expected.total_s)} (search ")
+    assert slow.startswith(f"predicted wall time {format_duration(expected.total_s)} (search ")
     assert expected.total_s > 3600 and "that is hours: --time-budget" in slow and "\n" not in slow
     fast = gpu_estimate.predicted_line(settings, throughput(200_000), concurrent=16)
     assert "hours" not in fast and "32 trials, 16 at once" in fast

@@ -35,13 +35,12 @@ Prediction model (`predict`), each term from the calibration or a constant measu
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import math
-import re
 import statistics
 from dataclasses import asdict, dataclass, fields, replace
 
+from mnist_net.cli import format_duration
 from mnist_net.data import N_TEST, N_TRAIN, N_VAL
 from tuner.space import BATCH_SIZES, SEED_CONFIG
 
@@ -194,24 +193,6 @@ class BudgetPlan:
         return cls(d["search_time_budget_s"], d["level"], Fidelity(**d["fidelity"]), tuple(d["fixed_by_flags"]),
                    Prediction(**d["predicted_s"]), Throughput.from_dict(thr), thr["calibration_s"], thr["tasks"],
                    d["spent_before_search_s"])
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '20m', '1.5h' or plain seconds -> seconds (argparse type: one-line errors)."""
-    match = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+))\s*([smh]?)", text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds, or a number "
-                                         "with s, m or h (90s, 20m, 1.5h)")
-    seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration (e.g. 20m)")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
 def pass_fraction(num_samples: int, rf: int) -> float:

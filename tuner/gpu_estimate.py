@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from tuner.budget import N_TRAIN, N_VAL, Fidelity, Throughput, format_duration, predict
+from mnist_net.cli import format_duration
+from tuner.budget import N_TRAIN, N_VAL, Fidelity, Throughput, predict
 
 LONG_S = 3600  # above this, the line suggests a budget
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from mnist_net.cli import say
+from mnist_net.cli import format_duration, say
 from mnist_net.data import N_TRAIN
 from tuner import gpu_estimate, resources
 from tuner.budget import (
@@ -18,7 +18,6 @@ from tuner.budget import (
     BudgetPlan,
     Throughput,
     confirm_time,
-    format_duration,
     pick_level,
     raise_confirm,
 )

@@ -21,11 +21,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_net.cli import Parser, add_compile_mode, non_negative_float, non_negative_int, positive_int, say
+from mnist_net.cli import (
+    Parser,
+    add_compile_mode,
+    format_duration,
+    non_negative_float,
+    non_negative_int,
+    parse_duration,
+    positive_int,
+    say,
+)
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
-from tuner import budget, cluster, extend, planning, publish, resources, retrain, tracking, watch
+from tuner import cluster, extend, planning, publish, resources, retrain, tracking, watch
 from tuner.results import NoFinishedTrial
 from tuner.run import SearchRun, run_trials
 from tuner.settings import DEFAULT_CONFIRM_TOP, DEFAULT_TIME_BUDGET_S, SMOKE, SearchSettings, fidelity_flags, from_args
@@ -66,7 +75,7 @@ def add_cost_flags(p: Parser, d: SearchSettings) -> None:
     """The SearchSettings flags: each flag's dest is its field's name (tuner.settings.from_args)."""
     p.add_argument("--num-samples", type=positive_int,
                    help=f"trials, the seed's config first (default {d.num_samples})")
-    p.add_argument("--time-budget", dest="time_budget_s", type=budget.parse_duration, metavar="DURATION",
+    p.add_argument("--time-budget", dest="time_budget_s", type=parse_duration, metavar="DURATION",
                    help="wall-clock budget for the whole command, search and confirm stage: 90s, 20m, 1.5h or "
                    "seconds. The fidelity flags below that are not given are planned to fit it after a "
                    f"few seconds of calibration (default {DEFAULT_TIME_BUDGET_S // 60}m on a machine "
@@ -233,7 +242,7 @@ def start_summary(exp: Experiment, plan: planning.SearchPlan) -> bool:
 def publish_stage(exp: Experiment, plan: planning.SearchPlan, done: SearchRun) -> dict | None:
     """Stage 4: the search's files and best_config.json; None after a one-line error."""
     if done.stopped_by_budget:
-        say(f"search stopped by its time budget ({budget.format_duration(plan.settings.search_time_budget_s)}): "
+        say(f"search stopped by its time budget ({format_duration(plan.settings.search_time_budget_s)}): "
             "publishing the trials that finished; those still running are marked budget_stopped in trials.csv")
     try:
         best = publish.write_search_results(done.grid, plan.settings, plan.placement, exp.storage, exp.summary_dir,

@@ -56,11 +56,7 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
     policy = CheckpointPolicy(checkpoint_every, last_epoch=cfg.epochs)
 
     def report(record: EpochRecord, t: Training) -> None:
-        # getattr: a REPORTED name that is no EpochRecord field fails at once instead of reading 0.0.
-        # eval_seconds is None after a diverged epoch (nothing evaluated); Ray's tables get 0.0.
-        values = {k: getattr(record, k) for k in REPORTED}
-        metrics = {**{k: 0.0 if v is None else v for k, v in values.items()}, "peak_rss_mb": peak_rss_mb(),
-                   RUNG_METRIC: val_score(record.val_acc, record.val_loss)}
+        metrics = epoch_metrics(record)
         if not policy.due(record.epoch, time.perf_counter()):
             tune.report(metrics)
             return
@@ -76,6 +72,14 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
             memory_share=share)
     except torch.OutOfMemoryError as err:  # one line naming --gpus-per-trial, not a page of allocator stats
         raise explain_oom(err, asked.get("GPU", 0)) from None
+
+
+def epoch_metrics(record: EpochRecord) -> dict:
+    """What a trial reports each epoch. getattr: a REPORTED name that is no EpochRecord field fails at
+    once instead of reading 0.0; eval_seconds is None after a diverged epoch (Ray's tables get 0.0)."""
+    values = {k: getattr(record, k) for k in REPORTED}
+    return {**{k: 0.0 if v is None else v for k, v in values.items()}, "peak_rss_mb": peak_rss_mb(),
+            RUNG_METRIC: val_score(record.val_acc, record.val_loss)}
 
 
 @dataclass
