@@ -9,6 +9,7 @@ import torch
 from bench import accuracy_parity, common, cpu_options, gpu_bench, gpu_paths, gpu_procs, gpu_report, memory, train_speed
 from mnist_net.data import N_TRAIN
 from mnist_net.runtime import cpu_has_bf16
+from tuner.space import BATCH_SIZES
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
@@ -141,3 +142,25 @@ def test_cpu_options_quick_reports_cpu_seconds_per_option(tmp_path, capsys):
     assert layouts == {(t, layout) for t in ("1", "2") for layout in ("channels_last", "NCHW")}
     assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in train)
     assert not (tmp_path / "RESULTS.md").exists()
+
+
+def test_proxy_designs_spend_the_same_images_on_average_differently_per_batch():
+    from bench import proxy_study
+
+    for design in proxy_study.DESIGNS:
+        sizes = [proxy_study.images_per_epoch(design, b, 7700) for b in BATCH_SIZES]
+        assert abs(sum(sizes) / len(sizes) - 7700) < 5, design
+    steps = {b: proxy_study.images_per_epoch("equal-steps", b, 7700) / b for b in BATCH_SIZES}
+    assert max(steps.values()) - min(steps.values()) < 0.1  # the same optimizer steps per epoch
+    floor = {b: proxy_study.images_per_epoch("step-floor", b, 7700) for b in BATCH_SIZES}
+    assert floor[32] == floor[256] < 7700 < floor[512] == 2 * floor[256] and floor[1024] == 4 * floor[256]
+
+
+def test_proxy_study_quick_ranks_its_designs_against_the_reference(tmp_path, capsys):
+    from bench import proxy_study
+
+    assert proxy_study.main(["--quick", "--workers", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "proxy_study.json").read_text())
+    assert set(report["result"]) == {*proxy_study.DESIGNS, "reference_top"}
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 12  # 3 trials x (3 designs + the reference)
+    assert "Kendall τ vs reference" in (tmp_path / "proxy_study.md").read_text()
