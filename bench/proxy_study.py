@@ -11,7 +11,7 @@ Each is scored as the search scores a trial: the last epoch's val_acc on `--eval
 The reference is the confirm stage's ranking (its recipe and 3 seeds, scored on the whole val
 split); Kendall's tau of each design's ranking against it, per proxy seed and on the mean.
 
-`python -m bench.proxy_study` (about 20 minutes on 2 cores at the defaults). Runs are cached in
+`python -m bench.proxy_study` (75 minutes on 2 cores shared with other jobs, at the defaults). Runs are cached in
 `--out`/runs, so an interrupted study resumes where it stopped.
 """
 
