@@ -113,7 +113,8 @@ def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resourc
             store.save(run, recipe)
             runs[(c.label, s)] = store.load(c.config, s, recipe)
             bar.update(1)
-            bar.set_postfix_str(f"last: {c.label} seed {s}, val {run['val_acc'] or 0:.2f}%, {run['seconds']:.0f}s")
+            score = f"val {run['val_acc']:.2f}%" if run["val_acc"] is not None else f"test {run['test_acc']:.2f}%"
+            bar.set_postfix_str(f"last: {c.label} seed {s}, {score}, {run['seconds']:.0f}s")  # no val at 60k
     except BaseException:  # a failed run or Ctrl-C: the others are no longer wanted; saved runs stay
         for ref in pending:
             ray.cancel(ref, force=True)
