@@ -29,8 +29,11 @@ from scipy import stats
 from mnist_net import files
 from mnist_net.cli import Parser, positive_int
 from mnist_net.config import TrainConfig
+from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.runtime import provenance
-from tuner.space import BATCH_SIZES, PARAMS
+from tuner.confirm import Recipe
+from tuner.confirm_runs import RunStore
+from tuner.space import BATCH_SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH = ROOT / "results" / "s5-20261202-141304"
@@ -100,8 +103,10 @@ def run_all(todo: list[dict], out: Path, workers: int) -> list[dict]:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for job in todo:
         path = out / "runs" / f"{key(job)}.json"
-        (runs.append(json.loads(path.read_text())) if path.exists() else missing.append(job))
-    missing = [j for j in missing if not reused(j, runs)]
+        if path.exists():
+            runs.append(json.loads(path.read_text()))
+        elif not reused(job, runs):
+            missing.append(job)
     with ProcessPoolExecutor(workers) as pool:
         for n, future in enumerate(as_completed([pool.submit(_train, j) for j in missing]), 1):
             run = future.result()
@@ -115,11 +120,11 @@ def run_all(todo: list[dict], out: Path, workers: int) -> list[dict]:
 def reused(job: dict, runs: list[dict]) -> bool:
     """A reference run the search's confirm stage already made (its RunStore file, same recipe and seed:
     last-epoch val_acc on the whole val split) is read, not trained again."""
-    c = job["config"]
-    name = (f"lr{c['lr']:.6g}_m{c['momentum']:.6g}_b{c['batch_size']}-train-{job['epochs']}ep-"
-            f"{job['train_size']}-seed{job['seed']}.json")
-    path = Path(job["search"]) / "runs" / name
-    if job["role"] != "reference" or job["eval_size"] is not None or not path.is_file():
+    if job["role"] != "reference" or job["eval_size"] is not None:
+        return False
+    recipe = Recipe(seeds=job["seed"], epochs=job["epochs"], train_size=job["train_size"])
+    path = RunStore(Path(job["search"]) / "runs").path(job["config"], job["seed"], recipe, ".json")
+    if not path.is_file():
         return False
     runs.append({**job, "val_acc": json.loads(path.read_text())["val_acc"], "seconds": None, "from": str(path)})
     return True
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-train-size", type=positive_int, default=10_000, help="the confirm recipe's images")
     p.add_argument("--ref-seeds", type=positive_int, default=3, help="the confirm recipe's seeds")
     p.add_argument("--workers", type=positive_int, default=2, help="runs at once, one thread each")
-    p.add_argument("--data-dir", default=None, help="MNIST folder (default: mnist_net's)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST folder")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "proxy-study", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes: 3 trials, 1 epoch, 256 images, 1 seed")
     args = p.parse_args(argv)
@@ -185,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"trials {missing} are not in {args.search / 'trials.csv'}")
     configs = {t: {"lr": float(rows[t]["lr"]), "momentum": float(rows[t]["momentum"]),
                    "batch_size": int(rows[t]["batch_size"])} for t in wanted}
-    assert all(set(c) == set(PARAMS) for c in configs.values())
-    data = {"data_dir": args.data_dir} if args.data_dir else {}
-    from mnist_net.data import DEFAULT_DATA_DIR
-    todo = [{**j, "data_dir": str(data.get("data_dir", DEFAULT_DATA_DIR)), "search": str(args.search)}
+    todo = [{**j, "data_dir": str(Path(args.data_dir).expanduser().resolve()), "search": str(args.search)}
             for j in jobs(configs, args)]
     out = files.prepare_out_dir(args.out)
     runs = run_all(todo, out, args.workers)

@@ -22,7 +22,7 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, N_VAL, load_splits
 from mnist_net.download import DataUnavailable
 from mnist_net.runtime import provenance
-from tuner import cluster, confirm, resources
+from tuner import cluster, confirm, planning, publish, resources, tracking
 from tuner.confirm import SEED_LABEL, Candidate, Recipe
 from tuner.confirm_runs import RunStore, run_all
 from tuner.space import PARAMS, SEED_CONFIG
@@ -133,8 +133,6 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
     fits (`left_s`; None = as planned); best_config.json then names the confirmed winner, with the
     search's own pick beside it."""
     import ray
-
-    from tuner import planning, publish, tracking
 
     trials = read_trials(summary_dir)
     cands = tuple(confirm.candidates(trials, settings.top))
