@@ -75,7 +75,7 @@ def test_report_records_every_run_the_winner_tau_and_a_verdict():
     runs = {"trial 2": [run(s, 99.0 + s / 10, flipped(60, s)) for s in (1, 2, 3)],
             "trial 5": [run(s, 98.7, flipped(90, 10 + s)) for s in (1, 2, 3)],
             SEED_LABEL: [run(s, 98.4, flipped(150, 20 + s)) for s in (1, 2, 3)]}
-    rep = confirm.report(CANDS, runs, LABELS, Recipe(3, 4, 8500), 8500)
+    rep = confirm.report(CANDS, runs, LABELS, Recipe(3, 4, 8500))
     assert rep["winner"]["label"] == "trial 2" and rep["best"]["label"] == "trial 2"
     assert rep["best"]["test_acc"] == pytest.approx([99.4] * 3)
     assert rep[SEED_LABEL]["test_acc_mean"] == pytest.approx(98.5)
@@ -91,7 +91,7 @@ def test_report_records_every_run_the_winner_tau_and_a_verdict():
 def test_the_seeds_60k_recipe_has_nothing_to_select():
     cands = [Candidate("best", A, 98.9), Candidate(SEED_LABEL, SEED_CONFIG)]
     runs = {"best": [run(1, None, flipped(60, 1))], SEED_LABEL: [run(1, None, flipped(70, 2))]}
-    rep = confirm.report(cands, runs, LABELS, Recipe(1, 20, None, "train+val"), 60_000)
+    rep = confirm.report(cands, runs, LABELS, Recipe(1, 20, None, "train+val"))
     assert rep["winner"]["label"] == "best" and rep["winner"]["why"].startswith("one config besides the seed's")
     assert rep["ranking"] == {} and rep["budget"]["select_images"] == 0
     assert rep["comparison"]["verdict"].endswith("at 20 epochs on 60k images, 1 seed")

@@ -154,3 +154,36 @@ def test_retrain_on_a_gpu_share_without_cuda_fails_in_one_line(tmp_path, capfd, 
     err = capfd.readouterr().err.strip().splitlines()[-1]
     assert "a confirm run failed" in err and "no CUDA" in err
     assert not (tmp_path / "out" / "retrain.json").exists()
+
+
+# Last in the module, like the test above: it shuts down the module's Ray to let the stage start its own.
+@pytest.mark.parametrize("callers_ray", [False, True])
+def test_ctrl_c_exits_130_in_one_line_and_shuts_down_only_its_own_ray(callers_ray, tmp_path, capfd, monkeypatch):
+    config = tmp_path / "best_config.json"
+    config.write_text(json.dumps({"config": BEST}))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    if callers_ray:
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+    on_ray = []
+
+    def interrupted(job, plan, predicted_s=None):  # Ctrl-C while the runs train; nothing is trained here
+        on_ray.append(ray.is_initialized())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain, "execute", interrupted)
+    try:
+        code = retrain.main(["--config", str(config), "--smoke-test", "--out", str(tmp_path / "out")])
+    except KeyboardInterrupt:  # the traceback this test guards against: a failure here, not the end of pytest
+        code = None
+    finally:
+        still_up = ray.is_initialized()
+        ray.shutdown()
+    assert code == 130 and on_ray == [True]
+    assert still_up is callers_ray  # the stage's own Ray is shut down; the caller's is left running
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"interrupted: the runs already saved in {(tmp_path / 'out').resolve()}"
+                                            "/runs are reused when the same command is run again")
+    assert not (tmp_path / "out" / "retrain.json").exists()

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import ray
 import torch
+from helpers_search import run_search
 from ray import tune
 
 from mnist_net.engine import evaluate
 from mnist_net.model import Net
 from mnist_net.runtime import autocast_dtype
-from tuner import search
 from tuner.settings import SMOKE_POINTS
 from tuner.space import BATCH_SIZES, LR_RANGE, MOMENTUM_RANGE, PARAMS, SEED_CONFIG
 
@@ -29,17 +29,6 @@ NUM_SAMPLES = 6
 SUMMARY_FILES = ["best_config.json", "trials.csv", "trial_epochs.csv", "study.db", "optimization_history.png",
                  "param_importances.png", "parallel_coordinate.png", "search_settings.json", "retrain.json",
                  "best_curves.png", "seed_curves.png", "best_model.pt", "test_predictions.npz"]
-
-
-def run_search(argv: list[str]) -> int:
-    """tuner.search.main in this process; Ray is shut down whatever happens."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray, never a cluster this shell points at
-        try:
-            return search.main(argv)
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -280,17 +269,17 @@ def test_same_seed_suggests_the_same_configs(tmp_path, trials):
 
 def test_a_search_stopped_by_its_time_budget_publishes_what_finished(tmp_path, capfd):
     """--smoke-test with --time-budget: the budget is only the search's hard stop (Ray's
-    time_budget_s). A thousand 1-epoch trials cannot finish in 30 s: Ray stops the search, which
+    time_budget_s). A thousand 1-epoch trials cannot finish in 45 s: Ray stops the search, which
     publishes the trials that finished, exits 0 and is not taken for an interrupted one."""
     out = tmp_path / "results"
     argv = ["--smoke-test", "--no-retrain", "--num-samples", "1000", "--max-epochs", "1", "--train-size", "256",
-            "--eval-size", "200", "--time-budget", "30s", "--name", "cut", "--out", str(out)]
+            "--eval-size", "200", "--time-budget", "45s", "--name", "cut", "--out", str(out)]
     assert run_search(argv) == 0
     assert "search stopped by its time budget" in capfd.readouterr().err
     best = json.loads((out / "cut" / "best_config.json").read_text())
     s = best["search"]
-    assert (s["stopped_by_budget"], s["fidelity_mode"], s["time_budget_s"]) == (True, "smoke", 30)
-    assert 0 < s["budget_plan"]["search_time_budget_s"] < 30
+    assert (s["stopped_by_budget"], s["fidelity_mode"], s["time_budget_s"]) == (True, "smoke", 45)
+    assert 0 < s["budget_plan"]["search_time_budget_s"] < 45
     trials = pd.read_csv(out / "cut" / "trials.csv")
     assert 1 <= len(trials) < 1000 and s["trials"] == len(trials)
     assert set(trials["status"]) <= {"finished", "budget_stopped"} and trials["error"].isna().all()

@@ -1,36 +1,8 @@
 """Fit a search and its confirm stage into a wall-clock budget (`--time-budget 20m`): the model.
 
-Before the search (tuner.planning runs these steps):
-1. Calibrate: time a short training slice per batch size, and an eval pass, as Ray tasks with each
-   trial's resources, as many at once as trials will run (tuner.calibrate).
-2. Predict the wall time of each fidelity level of LADDER (`predict`, model below).
-3. Take the highest level predicted to fit in the budget less PLAN_MARGIN, and spend what it
-   leaves on more images per trial (`fill_images`); flags the user gave override the ladder's values.
-   The search's hard stop (Ray Tune's time_budget_s) is what the budget leaves after the
-   predicted confirm stage.
-After the search, the confirm stage is planned again on the time actually left and the speeds the
-trials measured (`raise_confirm`): a search that ended early leaves its slack to the confirmation.
-
-The ladder gives fidelity up in this order, from the seed's full recipe down; the confirm stage
-trains what one whole trial trains (epochs x images), and keeps 3 seeds to the end:
-  1. val images 10,000 -> 5,000 (±0.2 pp per trial score: below what separates configs early);
-  2. epochs 20 -> 4 (by 2, then by 1), trials and confirmation alike;
-  3. images per trial and per confirm run 50,000 -> 5,000 in ~10 % steps;
-  4. val images 5,000 -> 2,000, then images 5,000 -> 2,000;
-  5. epochs 4 -> 3 (the fewest with two rungs), then images 2,000 -> 1,000;
-  6. confirm seeds 3 -> 2 -> 1 (last: the verdict loses its spread, then its seeds).
-
-Prediction model (`predict`), each term from the calibration or a constant measured below:
-- one trial epoch = train images x s/image (mean over the space's batch sizes, as a trial draws
-  one uniformly) + val images / eval images/s + EPOCH_OVERHEAD_S;
-- ASHA: a trial stopped at rung k ran r_k epochs; each rung passes a fraction p of the trials
-  reaching it (`pass_fraction`), so a trial runs r_0 + sum_k p^(k+1) (r_(k+1) - r_k) epochs;
-- search = SEARCH_SETUP_S + MNIST load + N x (trial + TRIAL_OVERHEAD_S) / concurrent + the
-  drain at the end (slots idle while the last trials finish: about half a full trial);
-- confirm = CONFIRM_SETUP_S + MNIST load + the makespan of its (K + 1) x seeds runs over the slots
-  (searched configs at the mean batch speed, the seed's config at batch 512; each epoch scored on
-  the whole val split, then one test pass);
-- total = time already spent (start-up, calibration) + search + confirm + PUBLISH_S.
+Calibrated speeds (tuner.calibrate) predict each level of LADDER (`predict`); the highest level that
+fits the budget is taken and its slack spent on images per trial (`pick_level`). The model, term by
+term, and the ladder's order: docs/time-budget.md.
 """
 
 from __future__ import annotations
@@ -83,12 +55,9 @@ class Fidelity:
     confirm_train_size: int  # images per confirm run, of the 50k train split
 
     def settings(self) -> dict:
-        """As SearchSettings fields: None where the level uses the whole split."""
-        out = asdict(self)
-        out["train_size"] = None if self.train_size >= N_TRAIN else self.train_size
-        out["eval_size"] = None if self.eval_size >= N_VAL else self.eval_size
-        out["confirm_train_size"] = None if self.confirm_train_size >= N_TRAIN else self.confirm_train_size
-        return out
+        """As SearchSettings fields: None where the level uses the whole split (SearchSettings.fidelity)."""
+        whole = {"train_size": N_TRAIN, "eval_size": N_VAL, "confirm_train_size": N_TRAIN}
+        return {k: None if v >= whole.get(k, float("inf")) else v for k, v in asdict(self).items()}
 
     def describe(self) -> str:
         return (f"{self.max_epochs} epochs x {self.train_size:,} images per trial, val {self.eval_size:,}; "

@@ -1,9 +1,7 @@
-"""Calibration for --time-budget: one trial's training and eval speed on this cluster.
+"""Calibration for --time-budget: one trial's training and eval speed on this cluster, in a few seconds.
 
-Ray tasks, each with one trial's resources (CPUs, GPU share) and on the device Ray gave it, as many
-at once as trials will run: contention between concurrent trials is in the numbers, and a cluster
-measures the nodes that will train. A few seconds: a short slice per batch size of the space.
-"""
+Ray tasks with one trial's resources, on the device Ray gave them, as many at once as trials will run:
+contention between trials is in the numbers, and a cluster measures the nodes that will train."""
 
 from __future__ import annotations
 
@@ -12,6 +10,7 @@ import statistics
 import time
 
 from tuner.budget import Throughput
+from tuner.resources import task_resources, worker_device
 from tuner.space import BATCH_SIZES
 
 # Images timed per batch size (at least TIMED_STEPS steps), after a warm-up of the same shapes;
@@ -23,12 +22,10 @@ WARMUP_STEPS = 3  # cuDNN's autotuning (cudnn.benchmark, per input shape), alloc
 
 
 def measure_train(cfg, train, device) -> float:
-    """Training images/s of `cfg` on `train` (a small slice), on a model warmed up first.
-
-    The warm-up runs every input shape the timed slice will (full batches of cfg.batch_size), so
-    cuDNN's per-shape autotuning, CUDA's lazy init and the allocator's first requests fall
-    outside the timed window; train_epoch ends in a host sync, so the GPU is idle at the start.
-    """
+    """Training images/s of `cfg` on `train` (a small slice), on a model first warmed up on every input
+    shape the timed slice runs (full batches of cfg.batch_size), so cuDNN's per-shape autotuning, CUDA's
+    lazy init and the allocator's first requests fall outside the timing; train_epoch ends in a host
+    sync, so the GPU is idle at the start."""
     import torch
 
     from mnist_net.engine import build_training, train_epoch
@@ -67,7 +64,6 @@ def measure_eval(cfg, val, device) -> float:
 def calibration_task(data_dir: str, base, threads: int) -> dict:
     """One trial's throughput per batch size, on the device and threads Ray gave this task."""
     from mnist_net.data import load_splits  # not the per-worker cache: load_s is what a trial pays
-    from tuner.resources import worker_device
 
     device = worker_device(threads)
     start = time.perf_counter()
@@ -84,8 +80,6 @@ def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: flo
     """What each of `tasks` calibration tasks measured, run at once with one trial's resources.
     GPU tasks never share a worker (resources.task_resources: max_calls=1)."""
     import ray
-
-    from tuner.resources import task_resources
 
     options = task_resources(cpu_per_trial, gpu_per_trial, "calibration")
     remote = ray.remote(**options, max_retries=0)(calibration_task)

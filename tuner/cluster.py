@@ -20,27 +20,21 @@ TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 
 def resolve_storage(storage: str | None, out: Path) -> str:
     """Ray's storage as an absolute path (made and checked writable) or a URI left as is."""
-    if storage is None:
-        return str(prepare_out_dir(out / "ray"))
-    if "://" in storage:
+    if storage is not None and "://" in storage:
         return storage.rstrip("/")
-    return str(prepare_out_dir(storage))
+    return str(prepare_out_dir(out / "ray" if storage is None else storage))
 
 
 def connect(address: str | None, dashboard: bool = False) -> None:
-    """Start a local Ray or join `address`; ConnectionError (one line) says what is wrong.
-
-    Joining checks the address first, each step bounded (about 20 s in all), because ray.init
-    retries an address that is not a GCS for many minutes: a URL, nothing listening, an HTTP
-    server (the dashboard's port), something that is not Ray's GCS, a missing or wrong token,
-    "auto" naming a dead cluster, no Ray node on this machine; for ray://, nothing listening.
-    """
+    """Start a local Ray or join `address`; ConnectionError (one line) says what is wrong. Joining checks
+    the address in bounded steps (~20 s in all): ray.init retries for minutes an address that is not a GCS
+    (a URL, no listener, the dashboard, a missing or wrong token, a dead "auto", no Ray node here)."""
     import ray
 
     if not address:
-        # Ray 2.60 turns token auth on for a local Ray by default; we leave it on. Its gRPC
-        # servers bind every interface whatever we ask (Ray maps 127.0.0.1 to the node IP),
-        # so the token is what guards them. No dashboard unless asked for, then on loopback.
+        # Ray 2.60 turns token auth on for a local Ray by default; we keep it, as its gRPC servers bind
+        # every interface whatever we ask (127.0.0.1 maps to the node IP) and the token guards them.
+        # No dashboard unless asked for, then on loopback.
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="WARNING")
         return
@@ -58,16 +52,15 @@ def connect(address: str | None, dashboard: bool = False) -> None:
 
 
 def join_error(address: str, err: BaseException) -> str:
-    """One line: Ray's first line, and what to do about a token. Ray's own message often only
-    says "Failed to connect"; a rejected token shows in the cause."""
+    """One line: Ray's first line plus a token hint (Ray's message often only says "Failed to connect";
+    a rejected token shows in the cause)."""
+    hint = ""
     if not token_available():
         hint = ("; if the cluster uses token authentication, put its token in ~/.ray/auth_token "
                 "(or set RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE=token")
     elif "InvalidAuthToken" in f"{err} {err.__cause__}":
         hint = ("; the cluster rejected our auth token: use the token the cluster was started with "
                 "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
-    else:
-        hint = ""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return f"cannot join the Ray cluster at {address}: {first}{hint}"
 
@@ -100,9 +93,8 @@ def check_gcs_address(address: str) -> None:
 
 
 def resolve_auto(address: str) -> str:
-    """"auto" -> the host:port Ray would pick ($RAY_ADDRESS, else the last cluster started here,
-    from /tmp/ray/ray_current_cluster), so the checks below see the address ray.init will use: a
-    stale cluster file names a dead GCS that ray.init would retry for minutes."""
+    """"auto" -> the host:port ray.init would pick ($RAY_ADDRESS, else /tmp/ray/ray_current_cluster, the
+    last cluster started here), so the checks see it: a stale file names a dead GCS ray.init retries."""
     if address != "auto":
         return address
     from ray._private import services
@@ -116,8 +108,7 @@ def resolve_auto(address: str) -> str:
 
 
 def check_local_node(address: str) -> None:
-    """A driver joins a cluster through a Ray node on its own machine: without one, ray.init looks
-    for a local raylet for 60 s and then fails. Say so at once."""
+    """A driver joins through a Ray node on its machine; without one, ray.init seeks a local raylet for 60 s."""
     try:
         from ray._private.services import find_node_ids
         local = find_node_ids()
@@ -130,8 +121,8 @@ def check_local_node(address: str) -> None:
 
 
 def check_client_address(address: str) -> None:
-    """ray:// (Ray Client): something must listen at host:port (default 10001) within
-    CONNECT_TIMEOUT_S; the client's own handshake then has its bounded retries."""
+    """ray:// (Ray Client): something must listen at host:port (default 10001) within CONNECT_TIMEOUT_S;
+    the client's own handshake then has its bounded retries."""
     host, _, port = address[len("ray://"):].rpartition(":")
     if not host:
         host, port = address[len("ray://"):], "10001"
@@ -169,8 +160,7 @@ except Exception as err:
 
 
 def probe_gcs(address: str) -> None:
-    """Ray's client behind ray.init retries an address that refuses it for minutes; this bounded
-    handshake says in seconds whether the GCS is there and takes our token."""
+    """A bounded handshake: says in seconds (ray.init retries for minutes) if the GCS is there and takes our token."""
     speak_token_auth()
     env = {**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "2"}  # Ray's default 5, twice
     try:
@@ -218,6 +208,5 @@ def newest_experiment(storage: str) -> str | None:
 def unfinished(grid, num_samples: int) -> bool:
     """True when the run was interrupted: fewer trials than asked for, or one not yet ended (Ray
     marks a trial stopped by Ctrl-C TERMINATED like a finished one: results.cut_short tells them apart)."""
-    if len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid):
-        return True
-    return any(cut_short(r) for r in grid)
+    return (len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
+            or any(cut_short(r) for r in grid))

@@ -5,9 +5,8 @@ Which images each part reads (recipe.train_split "train", the default):
 - trains on the 50k train split (or recipe.train_size of it, drawn per seed);
 - selects the winner on the whole 10k val split (the last epoch's val_acc, mean over seeds);
 - tests every run once on the 10k test split, after training: the paired verdict reads only that.
-recipe.train_split "train+val" is the seed's own recipe (all 60k): nothing is left to select on, so
-it takes exactly one config besides the seed's (`tuner.retrain --config`); its per-epoch curves are
-on test, as the seed logged them, and choose nothing.
+"train+val" is the seed's own 60k recipe: with nothing left to select on, it takes one config besides the
+seed's (`tuner.retrain --config`); its per-epoch curves are on test, as the seed logged them, and choose nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mnist_net.data import N_VAL
+from mnist_net.data import N_TRAIN, N_VAL
 from tuner import stats
 from tuner.space import METRIC, PARAMS, SEED_CONFIG
 
 SEED_LABEL = "seed_config"
 OK_STATUS = ("finished", "stopped")
+SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}  # the images a recipe's split trains on
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,11 @@ class Recipe:
     def selects(self) -> bool:
         return self.train_split == "train"
 
-    def images(self, split_size: int) -> int:
-        return min(self.train_size or split_size, split_size)
+    def images(self) -> int:
+        return min(self.train_size or SPLIT_SIZES[self.train_split], SPLIT_SIZES[self.train_split])
 
-    def describe(self, split_size: int) -> str:
-        return (f"{self.seeds} seed(s) x {self.epochs} epoch(s) on {self.images(split_size):,} images of "
+    def describe(self) -> str:
+        return (f"{self.seeds} seed(s) x {self.epochs} epoch(s) on {self.images():,} images of "
                 f"{self.train_split}" + ("; winner chosen on val, verdict on test" if self.selects else ""))
 
 
@@ -77,7 +77,7 @@ def candidates(trials: pd.DataFrame, top: int) -> list[Candidate]:
     chosen: list[Candidate] = []
     seed_score = None
     for row in ok.itertuples():
-        config = {p: _native(getattr(row, p)) for p in PARAMS}
+        config = {p: getattr(row, p) for p in PARAMS}  # itertuples gives Python numbers, not numpy's
         if _same(config, SEED_CONFIG):
             seed_score = seed_score if seed_score is not None else float(row.best_val_acc)
         elif len(chosen) < top and not any(_same(config, c.config) for c in chosen):
@@ -87,23 +87,16 @@ def candidates(trials: pd.DataFrame, top: int) -> list[Candidate]:
     return chosen + [Candidate(SEED_LABEL, dict(SEED_CONFIG), seed_score)]
 
 
-def _native(value):
-    return value.item() if hasattr(value, "item") else value
-
-
 def summarize_runs(runs: list[dict]) -> dict:
     """One candidate's runs (one per seed, in seed order) as the report's lists and means."""
-    def mean(key):
-        values = [r[key] for r in runs if r.get(key) is not None]
-        return statistics.fmean(values) if values else None
-
+    vals = [r["val_acc"] for r in runs if r.get("val_acc") is not None]
     tests = [r["test_acc"] for r in runs]
     return {"seeds": [r["seed"] for r in runs], "val_acc": [r.get("val_acc") for r in runs],
-            "val_acc_mean": mean("val_acc"), "test_acc": tests, "test_acc_mean": statistics.fmean(tests),
+            "val_acc_mean": statistics.fmean(vals) if vals else None, "test_acc": tests,
+            "test_acc_mean": statistics.fmean(tests),
             "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
             "diverged": [r["diverged"] for r in runs], "seconds": [round(r["seconds"], 1) for r in runs],
-            "epochs_history": [r["epochs_history"] for r in runs], "device": [r["device"] for r in runs],
-            "host": [r["host"] for r in runs]}
+            **{key: [r[key] for r in runs] for key in ("epochs_history", "device", "host")}}
 
 
 def select(cands: list[Candidate], summaries: dict[str, dict]) -> tuple[Candidate, Candidate, str]:
@@ -129,35 +122,19 @@ def ranking(cands: list[Candidate], summaries: dict[str, dict], winner: Candidat
     rank = {**stats.kendall_tau(proxy, confirmed), "labels": [c.label for c in scored],
             "proxy_val_acc": proxy, "confirmed_val_acc": confirmed}
     warnings = []
-    if math.isfinite(rank["tau"]) and rank["tau"] < 0:
+    if rank["tau"] < 0:  # False for nan
         warnings.append(f"the proxy ranked these configs against the confirmation (Kendall tau {rank['tau']:.2f}): "
                         "its pick is not to be trusted; raise the search's fidelity")
-    seed = next(c for c in cands if c.is_seed)
     best_proxy = max((c for c in scored if not c.is_seed), key=lambda c: c.proxy_val_acc, default=None)
-    if (winner.is_seed and seed.proxy_val_acc is not None and best_proxy is not None
-            and seed.proxy_val_acc < best_proxy.proxy_val_acc):
-        warnings.append(f"the search scored the seed's config below {best_proxy.label} ({seed.proxy_val_acc:.2f} vs "
+    if (winner.is_seed and winner.proxy_val_acc is not None and best_proxy is not None
+            and winner.proxy_val_acc < best_proxy.proxy_val_acc):
+        warnings.append(f"the search scored the seed's config below {best_proxy.label} ({winner.proxy_val_acc:.2f} vs "
                         f"{best_proxy.proxy_val_acc:.2f}% val), but confirmation ranks it first: the proxy "
                         "penalises it")
     return rank, warnings
 
 
-def verdict_names(winner: Candidate, challenger: Candidate) -> tuple[str, str]:
-    role = "the confirmed winner" if winner is challenger else "the best searched"
-    return f"{role} ({challenger.label})", "the seed's config"
-
-
-def compare(challenger: Candidate, seed: Candidate, runs: dict[str, list[dict]], test_labels: np.ndarray,
-            recipe: Recipe, train_images: int, names: tuple[str, str]) -> dict:
-    correct = {c.label: [r["predictions"] == test_labels for r in runs[c.label]] for c in (challenger, seed)}
-    comparison = stats.compare(correct[challenger.label], correct[seed.label])
-    comparison["outcome"] = stats.outcome(comparison)
-    comparison["verdict"] = stats.verdict(comparison, recipe.epochs, train_images, names)
-    return comparison
-
-
-def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.ndarray, recipe: Recipe,
-           train_images: int) -> dict:
+def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.ndarray, recipe: Recipe) -> dict:
     """Everything retrain.json records: per config and seed, the winner and why, tau, the verdict."""
     summaries = {c.label: summarize_runs(runs[c.label]) for c in cands}
     winner, challenger, why = select(cands, summaries)
@@ -166,7 +143,12 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
     if winner.is_seed:
         warnings.append(f"no searched config beat the seed's config on val; the verdict compares the best "
                         f"searched ({challenger.label}) with it")
-    names = verdict_names(winner, challenger)
+    correct = [[r["predictions"] == test_labels for r in runs[c.label]] for c in (challenger, seed)]
+    comparison = stats.compare(*correct)  # per config, per seed: each test image right or wrong
+    comparison["outcome"] = stats.outcome(comparison)
+    role = "the confirmed winner" if winner is challenger else "the best searched"
+    comparison["verdict"] = stats.verdict(comparison, recipe.epochs, recipe.images(),
+                                          (f"{role} ({challenger.label})", "the seed's config"))
     entry = {c.label: {"label": c.label, "config": c.config, "proxy_val_acc": c.proxy_val_acc,
                        "trial_id": c.trial_id, **summaries[c.label]} for c in cands}
     return {
@@ -174,9 +156,8 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
         "candidates": [entry[c.label] for c in cands],
         "winner": {"label": winner.label, "config": winner.config, "why": why},
         "best": entry[challenger.label], SEED_LABEL: entry[seed.label],
-        "comparison": compare(challenger, seed, runs, test_labels, recipe, train_images, names),
-        "ranking": rank, "warnings": warnings,
-        "budget": {"epochs": recipe.epochs, "train_images": train_images, "train_split": recipe.train_split,
+        "comparison": comparison, "ranking": rank, "warnings": warnings,
+        "budget": {"epochs": recipe.epochs, "train_images": recipe.images(), "train_split": recipe.train_split,
                    "select_images": N_VAL if recipe.selects else 0, "test_images": len(test_labels),
                    "seeds": recipe.seeds},
     }

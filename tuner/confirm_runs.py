@@ -27,9 +27,8 @@ from tuner.space import PARAMS
 
 
 def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int, changes: dict | None = None) -> dict:
-    """One run, as a Ray task: fit on the recipe's split, then predict the full test split once.
-
-    Returns plain data only (numbers, a uint8 array of test predictions, CPU tensors)."""
+    """One run, as a Ray task: fit on the recipe's split, then predict the full test split once; returns
+    plain data only (numbers, a uint8 array of test predictions, CPU tensors)."""
     device = resources.worker_device(cpus)
     splits = resources.worker_splits(data_dir)
     cfg = TrainConfig.from_dict(dict(params), TrainConfig(
@@ -43,11 +42,9 @@ def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int, c
     with autocast(device, autocast_dtype(device, cfg.precision)):
         preds = predict(training.forward, splits["test"].to(device), channels_last=cfg.channels_last)
     preds = preds.to(torch.uint8).cpu().numpy()
-    last = history.epochs[-1]
-    return {"seed": seed, "config": {p: getattr(cfg, p) for p in PARAMS},
-            "val_acc": last.val_acc, "test_acc": 100.0 * float(np.mean(preds == splits["test"].labels.numpy())),
-            "diverged": history.diverged, "seconds": time.perf_counter() - start,
-            "epochs_history": [e.to_dict() for e in history.epochs],
+    return {"seed": seed, "config": {p: getattr(cfg, p) for p in PARAMS}, "val_acc": history.epochs[-1].val_acc,
+            "test_acc": 100.0 * float(np.mean(preds == splits["test"].labels.numpy())), "diverged": history.diverged,
+            "seconds": time.perf_counter() - start, "epochs_history": [e.to_dict() for e in history.epochs],
             "predictions": preds, "device": str(device), "host": os.uname().nodename,
             "state_dict": {k: v.detach().cpu() for k, v in training.model.state_dict().items()}}
 
@@ -58,14 +55,10 @@ class RunStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    @staticmethod
-    def key(config: dict, seed: int, recipe: Recipe) -> str:
-        size = recipe.train_size or "all"
-        return (f"lr{config['lr']:.6g}_m{config['momentum']:.6g}_b{config['batch_size']}"
-                f"-{recipe.train_split}-{recipe.epochs}ep-{size}-seed{seed}")
-
     def path(self, config: dict, seed: int, recipe: Recipe, suffix: str) -> Path:
-        return self.folder / (self.key(config, seed, recipe) + suffix)  # not with_suffix: the key has dots
+        key = (f"lr{config['lr']:.6g}_m{config['momentum']:.6g}_b{config['batch_size']}"
+               f"-{recipe.train_split}-{recipe.epochs}ep-{recipe.train_size or 'all'}-seed{seed}")
+        return self.folder / (key + suffix)  # not with_suffix: the key has dots
 
     def load(self, config: dict, seed: int, recipe: Recipe) -> dict | None:
         try:
@@ -81,14 +74,13 @@ class RunStore:
     def save(self, run: dict, recipe: Recipe) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         run = dict(run)
-        config, seed = run["config"], run["seed"]
-        state = run.pop("state_dict", None)
-        if state is not None:
-            with files.atomic_path(self.weights(config, seed, recipe)) as tmp:
+        key = run["config"], run["seed"], recipe
+        if (state := run.pop("state_dict", None)) is not None:
+            with files.atomic_path(self.weights(*key)) as tmp:
                 torch.save(state, tmp)
-        with files.atomic_path(self.path(config, seed, recipe, ".npy")) as tmp, open(tmp, "wb") as fh:
+        with files.atomic_path(self.path(*key, ".npy")) as tmp, open(tmp, "wb") as fh:
             np.save(fh, run.pop("predictions"))
-        files.write_json(self.path(config, seed, recipe, ".json"), run)  # last: its presence means the run is whole
+        files.write_json(self.path(*key, ".json"), run)  # last: its presence means the run is whole
 
 
 def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Placement, store: RunStore,

@@ -1,5 +1,6 @@
-"""The plan of a time-budgeted search: calibrate, choose a fidelity level, record it; after the
-search, the confirm stage's recipe on the time actually left (the model is tuner.budget)."""
+"""Stage 2 of a search, the plan: where trials run, and a time budget's calibration and fidelity level (or,
+with no budget, the predicted wall time); after the search, the confirm stage's recipe on the time left.
+The model is tuner.budget."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from mnist_net.cli import format_duration, say
 from mnist_net.data import N_TRAIN
-from tuner import gpu_estimate, resources
+from tuner import resources
 from tuner.budget import (
     LADDER,
     PLAN_MARGIN,
@@ -19,11 +20,14 @@ from tuner.budget import (
     Throughput,
     confirm_time,
     pick_level,
+    predict,
     raise_confirm,
 )
 from tuner.calibrate import calibrate
 from tuner.confirm import Recipe
 from tuner.settings import SearchSettings, with_default_budget
+
+LONG_S = 3600  # a search predicted to take longer is told about --time-budget
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,8 @@ def plan_search(settings: SearchSettings, fixed: dict, data_dir: str, started: f
     placement = resources.place(nodes, settings.gpus_per_trial, settings.cpus_per_trial, settings.max_concurrent)
     if settings.time_budget_s is not None and settings.budget_plan is None:
         settings = plan_settings(settings, placement, data_dir, fixed, started)
-    elif not resumed and (line := gpu_estimate.predict_wall_time(
-            settings, placement, data_dir, settings.trial_config(), started)) is not None:
-        say(line)  # no budget (GPUs, or fidelity flags): how long the full recipe will take
+    elif not resumed and (line := predict_wall_time(settings, placement, data_dir, started)) is not None:
+        say(line)  # no budget (GPUs, or fidelity flags): how long the recipe asked for will take
     return SearchPlan(settings, placement)
 
 
@@ -77,6 +80,31 @@ def plan_settings(settings: SearchSettings, placement: resources.Placement, data
     record = BudgetPlan(round(hard_stop, 1), level + 1, fidelity, tuple(sorted(fixed)), predicted, thr,
                         round(calibration_s, 1), tasks, round(spent, 1))  # level 1 = the full recipe, as printed
     return replace(settings, **fidelity.settings(), budget_plan=record)
+
+
+def predict_wall_time(settings: SearchSettings, placement: resources.Placement, data_dir: str,
+                      started: float) -> str | None:
+    """For a search with a fixed fidelity (mode "full"): calibrate as --time-budget does, then
+    predicted_line. None for a time budget (it printed its plan) or the smoke preset."""
+    if settings.fidelity_mode != "full":
+        return None
+    thr = calibrate(data_dir, settings.trial_config(), placement.cpu_per_trial, placement.gpu_per_trial,
+                    min(placement.concurrent, settings.num_samples))
+    return predicted_line(settings, thr, placement.concurrent, time.monotonic() - started)
+
+
+def predicted_line(settings: SearchSettings, thr: Throughput, concurrent: int, spent_s: float = 0.0) -> str:
+    """The predicted wall time of the search and its confirm stage, and what to do if it is hours
+    (the GPU default is the full recipe with no budget: on a T4 that can be hours)."""
+    f = settings.fidelity()
+    p = predict(f, thr, settings.num_samples, concurrent, spent_s, configs=settings.top + 1)
+    line = (f"predicted wall time {format_duration(p.total_s)} (search {format_duration(p.search_s)}, "
+            f"confirm {format_duration(p.confirm_s)}) for {settings.num_samples} trials, {concurrent} at once, "
+            f"at {f.describe()}; from {min(thr.train.values()):.0f}-{max(thr.train.values()):.0f} training "
+            "images/s per trial, calibrated")
+    if p.total_s > LONG_S:
+        line += "; that is hours: --time-budget 1h (or any duration) plans a lower fidelity to fit it"
+    return line
 
 
 def describe(settings: SearchSettings) -> str | None:

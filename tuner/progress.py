@@ -1,13 +1,12 @@
 """One live progress line for a search (a Ray Tune callback), and a bar for the stages after it.
 
-The search's line reads, refreshed about once a second (tqdm: a terminal line, a widget in Jupyter):
+The search's line, refreshed about once a second (tqdm: a terminal line, a widget in Jupyter):
 
     search 12/32 [6 finished, 6 stopped, 2 running] best 98.71% (lr 0.0412, m 0.874, bs 64) | 4:02 < ETA 9:30
 
-Finished = trained every epoch, stopped = ended early by ASHA (or diverged), errored trials count
-as ended too. The ETA starts from the plan's prediction (settings.budget_plan.predicted) and
-moves towards the rate observed so far as trials end; without a plan it is the observed rate
-alone, shown once a trial has ended.
+Stopped = ended early by ASHA (or diverged); errored trials count as ended too. The ETA moves from
+the plan's prediction towards the observed rate as trials end; without a plan it is the observed
+rate alone, shown once a trial has ended.
 """
 
 from __future__ import annotations
@@ -31,9 +30,8 @@ def clock(seconds: float) -> str:
 
 
 def runs_bar(total: int, predicted_s: float | None, desc: str):
-    """A bar for `total` runs of a later stage (the confirm stage): `.update(1)` as each run ends,
-    `.set_postfix_str(text)` for a short note, `.close()` at the end. Its ETA is the prediction
-    less the time elapsed until the first run ends, then tqdm's own rate-based estimate."""
+    """A tqdm bar for `total` runs of a later stage (the confirm stage), its note the predicted time
+    at first: `.update(1)` as each run ends, `.set_postfix_str(text)` for a note, `.close()` at the end."""
     fmt = "{desc} {n_fmt}/{total_fmt} runs |{bar:20}| {elapsed} elapsed{postfix}"
     bar = tqdm(total=total, desc=desc, bar_format=fmt, dynamic_ncols=True)
     if predicted_s is not None:
@@ -79,14 +77,12 @@ class Tally:
         """Seconds left: the plan's total blended with the observed one, weighted by trials ended."""
         if self.ended >= self.total:
             return 0.0
-        observed = None
+        total, w = self.predicted_s, self.ended / self.total
         if self.ended and self.epochs_done:
             observed = elapsed * max(self.expected_epochs, self.epochs_done) / self.epochs_done
-        if self.predicted_s is None and observed is None:
+            total = observed if total is None else (1 - w) * total + w * observed
+        if total is None:
             return None
-        w = self.ended / self.total
-        total = observed if self.predicted_s is None else (
-            self.predicted_s if observed is None else (1 - w) * self.predicted_s + w * observed)
         if self.hard_stop_s is not None:
             total = min(total, self.hard_stop_s)
         return max(total - elapsed, 0.0)
@@ -137,19 +133,14 @@ class SearchProgress(Callback):
         if self._bar is not None and not self._bar.disable:
             self._bar.close()  # tqdm: once; its desc (the line) stays readable
 
-    @property
-    def line(self) -> str:
-        return self._bar.desc if self._bar is not None else ""
-
     def _draw(self, trials: list) -> None:
         if self._bar is None:
             return
         self.tally.update(trials)
         self._drawn = time.monotonic()
         self._bar.n = self.tally.ended
-        text = f"{self.desc} {self.tally.ended}/{self.tally.total} {self.tally.postfix(self._drawn - self._start)}"
-        self._bar.set_description_str(text, refresh=False)
-        self._bar.refresh()
+        self._bar.set_description_str(  # refreshes the line
+            f"{self.desc} {self.tally.ended}/{self.tally.total} {self.tally.postfix(self._drawn - self._start)}")
 
 
 def for_search(settings, resumed: bool) -> SearchProgress:

@@ -23,6 +23,9 @@ GPU_MEMORY_USABLE = 0.9  # leave room for fragmentation and other processes' gro
 # in a Ray task on that node (mem_get_info). Absent = not measured (no CUDA there): no cap.
 GPU_FREE_KEY = "s5_gpu_free_bytes"
 GPU_MEMORY_TIMEOUT_S = 30
+# Ray leaves CUDA_VISIBLE_DEVICES alone when this is set (ray/_private/accelerators/nvidia_gpu.py):
+# every GPU stays visible and "cuda" would be GPU 0 for every trial, whatever Ray assigned.
+NOSET_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,9 @@ class Placement:
 
 
 def place(nodes: list[dict], gpus_per_trial: float | None = None,
-         cpus_per_trial: int | None = None, max_concurrent: int | None = None) -> Placement:
-    """`nodes`: one resource dict per alive node ({"CPU": 8, "GPU": 1, ...}).
-
-    Never asks for a GPU the cluster lacks (such a trial would wait forever).
-    """
+          cpus_per_trial: int | None = None, max_concurrent: int | None = None) -> Placement:
+    """`nodes`: one resource dict per alive node ({"CPU": 8, "GPU": 1, ...}). Never asks for a GPU the
+    cluster lacks (such a trial would wait forever)."""
     gpus = sum(n.get("GPU", 0) for n in nodes)
     cpus = sum(n.get("CPU", 0) for n in nodes)
     if gpus_per_trial is not None and gpus_per_trial > 1:
@@ -74,67 +75,51 @@ def place(nodes: list[dict], gpus_per_trial: float | None = None,
     if concurrent == 0:
         raise ValueError(f"no node can fit one trial ({cpu_share} CPU); lower --cpus-per-trial")
     return Placement(gpus=gpus, cpus=cpus, nodes=len(nodes), gpu_per_trial=0.0, cpu_per_trial=cpu_share,
-                concurrent=min(concurrent, max_concurrent or concurrent))
+                     concurrent=min(concurrent, max_concurrent or concurrent))
 
 
 def gpu_placement(nodes: list[dict], asked: float, cpus_per_trial: int | None,
-             max_concurrent: int | None) -> Placement:
-    """Trials on GPU nodes only, the same number k on every GPU.
-
-    Ray fills one GPU before it uses the next and never splits a trial across two, so a node
-    holds floor(1/share) trials per whole GPU, and any share below 1/k lets trials pile onto the
-    first GPUs while others idle. So k is the most trials per GPU (at most floor(1/asked)) that
-    every GPU node's CPUs can feed and --max-concurrent allows, and the share is raised to 1/k.
-    When not even one trial per GPU fits (fewer CPUs or --max-concurrent than GPUs), k = 1:
-    a share of 1 keeps two trials off one GPU.
-    """
+                  max_concurrent: int | None) -> Placement:
+    """Trials on GPU nodes only, the same number k on every GPU. Ray fills one GPU before the next and
+    never splits a trial across two, so a node holds floor(1/share) trials per whole GPU, and a share
+    below 1/k piles trials onto the first GPUs while others idle. So k is the most trials per GPU (at
+    most floor(1/asked), and what GPU memory holds) that every GPU node's CPUs can feed and
+    --max-concurrent allows, and the share is raised to 1/k. When not even one trial per GPU fits
+    (fewer CPUs or --max-concurrent than GPUs), k = 1: a share of 1 keeps two trials off one GPU."""
     gpu_nodes = [(int(n["GPU"]), int(n.get("CPU", 0))) for n in nodes if n.get("GPU", 0) >= 1]
     if not gpu_nodes:
         raise ValueError("no node has a whole GPU for one trial")
-    k_max = min(math.floor(1 / asked + 1e-9), trials_fitting_gpu_memory(nodes))
+    per_gpu = math.floor(1 / asked + 1e-9)
+    free = [n[GPU_FREE_KEY] for n in nodes if n.get("GPU", 0) >= 1 and n.get(GPU_FREE_KEY)]
+    # trials the smallest measured GPU's free memory holds (at least 1); 0 when none was measured
+    held = max(1, int(min(free) * GPU_MEMORY_USABLE // TRIAL_GPU_BYTES)) if free else 0
     cap = max_concurrent or math.inf
 
     def cpu_share(k: int) -> int:  # each GPU node's CPUs split evenly among the trials its GPUs hold
         return cpus_per_trial or max(1, min(c // (k * g) for g, c in gpu_nodes))
 
-    k = next((k for k in range(k_max, 0, -1)
+    k = next((k for k in range(min(per_gpu, held or math.inf), 0, -1)
               if k * sum(g for g, _ in gpu_nodes) <= cap
               and all(c // cpu_share(k) >= k * g for g, c in gpu_nodes)), 1)
-    share = asked if k == math.floor(1 / asked + 1e-9) else 1 / k
+    share = asked if k == per_gpu else 1 / k
     cpu = cpu_share(k)
     concurrent = min(cap, sum(min(k * g, c // cpu) for g, c in gpu_nodes))
     if concurrent == 0:
         raise ValueError(f"no node can fit one trial ({cpu} CPU, {share:g} GPU); "
                          "lower --cpus-per-trial or --gpus-per-trial")
     return Placement(gpus=sum(n.get("GPU", 0) for n in nodes), cpus=sum(n.get("CPU", 0) for n in nodes),
-                nodes=len(nodes), gpu_per_trial=share, cpu_per_trial=cpu, concurrent=int(concurrent),
-                asked_gpu_share=asked, memory_cap=memory_cap(nodes))
-
-
-def memory_cap(nodes: list[dict]) -> int:
-    """Trials the smallest measured GPU's free memory holds (at least 1); 0 when none was measured."""
-    free = [n[GPU_FREE_KEY] for n in nodes if n.get("GPU", 0) >= 1 and n.get(GPU_FREE_KEY)]
-    return max(1, int(min(free) * GPU_MEMORY_USABLE // TRIAL_GPU_BYTES)) if free else 0
-
-
-def trials_fitting_gpu_memory(nodes: list[dict]) -> float:
-    return memory_cap(nodes) or math.inf
+                     nodes=len(nodes), gpu_per_trial=share, cpu_per_trial=cpu, concurrent=int(concurrent),
+                     asked_gpu_share=asked, memory_cap=held)
 
 
 def task_resources(cpus: int, gpus: float, name: str) -> dict:
-    """Keyword arguments for `ray.remote(**...)(fn)`: one Ray task with these resources.
-
-    A GPU task gets max_calls=1: its worker exits after the call. Ray 2.60 refuses max_calls in
-    .options() ("not supported") and sets it by itself only for a num_gpus given to the
-    decorator, so `ray.remote(fn).options(num_gpus=...)` reuses workers: a reused worker's torch
-    keeps the CUDA context (and cached memory) of the GPU its first task had, whatever
-    CUDA_VISIBLE_DEVICES Ray sets for the next one. CPU tasks keep reusing their workers (a new
-    process and MNIST read cost a few seconds; worker_splits caches the data per worker).
-    """
-    options = {"num_cpus": cpus, "num_gpus": gpus, "name": name}
-    if gpus:
-        options["max_calls"] = 1
-    return options
+    """Keyword arguments for `ray.remote(**...)(fn)`: one Ray task with these resources. A GPU task gets
+    max_calls=1 (its worker exits after the call): Ray 2.60 refuses max_calls in .options() and sets it
+    itself only for a num_gpus given to the decorator, so `.options(num_gpus=...)` reuses workers, and a
+    reused worker's torch keeps the CUDA context (and cached memory) of its first task's GPU, whatever
+    CUDA_VISIBLE_DEVICES Ray sets next. CPU tasks reuse workers (a new process and MNIST read cost
+    seconds; worker_splits caches the data per worker)."""
+    return {"num_cpus": cpus, "num_gpus": gpus, "name": name, **({"max_calls": 1} if gpus else {})}
 
 
 def task_options(plan: Placement, name: str) -> dict:
@@ -143,12 +128,9 @@ def task_options(plan: Placement, name: str) -> dict:
 
 
 def assigned_device() -> torch.device:
-    """The device for code running in a Ray trial or task: the resources Ray gave it decide.
-
-    A GPU share -> "cuda", which is the assigned GPU (Ray sets CUDA_VISIBLE_DEVICES for it). No
-    GPU -> cpu, never "auto": Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for zero-GPU workers,
-    so "auto" would pick GPU 0 behind Ray's back.
-    """
+    """The device for code in a Ray trial or task, as Ray's resources decide. A GPU share -> "cuda", the
+    assigned GPU (Ray sets CUDA_VISIBLE_DEVICES for it). No GPU -> cpu, never "auto": Ray 2.60 leaves
+    CUDA_VISIBLE_DEVICES alone for zero-GPU workers, so "auto" would pick GPU 0 behind Ray's back."""
     import ray
     import torch
 
@@ -161,17 +143,11 @@ def assigned_device() -> torch.device:
         build = f"CUDA {torch.version.cuda} build, but no GPU is visible to it" if torch.version.cuda \
             else "built for CPU"
         raise ValueError(f"this trial was given GPU(s) {gpu_ids or share} by Ray, but torch here has no "
-                         f"CUDA (torch {torch.__version__}, {build}; CUDA_VISIBLE_DEVICES="
-                         f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA torch on the "
-                         "GPU nodes or run with --gpus-per-trial 0")
+                         f"CUDA (torch {torch.__version__}, {build}; CUDA_VISIBLE_DEVICES={visible!r}); "
+                         "install a CUDA torch on the GPU nodes or run with --gpus-per-trial 0")
     if os.environ.get(NOSET_ENV, "") not in ("", "0") and gpu_ids:
         return torch.device("cuda", gpu_index(gpu_ids[0], visible))
     return torch.device("cuda")
-
-
-# Ray leaves CUDA_VISIBLE_DEVICES alone when this is set (ray/_private/accelerators/nvidia_gpu.py):
-# every GPU stays visible and "cuda" would be GPU 0 for every trial, whatever Ray assigned.
-NOSET_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 
 
 def gpu_index(gpu_id, visible: str | None) -> int:
@@ -216,10 +192,7 @@ def free_gpu_memory() -> int | None:
     """In a Ray task with a GPU share: free bytes on that GPU, None without CUDA."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    device = assigned_device()
-    return int(torch.cuda.mem_get_info(device)[0])
+    return int(torch.cuda.mem_get_info(assigned_device())[0]) if torch.cuda.is_available() else None
 
 
 def gpu_free_bytes(node_ids: list[str]) -> dict[str, int | None]:

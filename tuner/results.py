@@ -14,9 +14,7 @@ import pandas as pd
 from mnist_net import files
 from tuner.space import CHANCE_ACC, EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, optuna_distributions
 
-PLOTS = {"optimization_history": "plot_optimization_history",
-         "param_importances": "plot_param_importances",
-         "parallel_coordinate": "plot_parallel_coordinate"}
+PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")  # optuna's plot_<name>
 
 
 def trial_number(trial_id: str, path: str) -> int:
@@ -41,20 +39,16 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per trial, one row per trial-epoch) from a ResultGrid."""
     rows, epochs = [], []
     for result in grid:
-        history = result.metrics_dataframe
-        history = history if history is not None else pd.DataFrame()
+        trial_id = ray_trial_id(result)
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         if not history.empty:
             # A retried or resumed trial trains again the epochs after its last checkpoint
             # (train_s5's checkpoint_every): keep each epoch's last report.
             history = history.drop_duplicates(TIME_ATTR, keep="last").reset_index(drop=True)
-        trial_id = ray_trial_id(result)
-        config = result.config or {}
-        if not history.empty:
-            for _, rec in history.iterrows():
-                epochs.append({"trial_id": trial_id, "epoch": int(rec[TIME_ATTR]),
-                               **{k: rec.get(k) for k in (*EPOCH_METRICS, "peak_rss_mb")}})
-        row = trial_row(trial_id, config, history, result.error, max_epochs)
-        rows.append({"trial": trial_number(trial_id, result.path), **row})
+            epochs += [{"trial_id": trial_id, "epoch": int(rec[TIME_ATTR]),
+                        **{k: rec.get(k) for k in (*EPOCH_METRICS, "peak_rss_mb")}} for _, rec in history.iterrows()]
+        rows.append({"trial": trial_number(trial_id, result.path),
+                     **trial_row(trial_id, result.config or {}, history, result.error, max_epochs)})
     trials = pd.DataFrame(rows).sort_values("trial", kind="stable").reset_index(drop=True)
     trials["best_epoch"] = trials["best_epoch"].astype("Int64")  # stays an integer beside an errored trial
     return trials, pd.DataFrame(epochs)
@@ -63,16 +57,13 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epochs: int) -> dict:
     ran = int(history[TIME_ATTR].max()) if not history.empty else 0
     diverged = bool(not history.empty and history["diverged"].fillna(False).astype(bool).any())
-    if error is not None:
-        status = "errored"
-    elif diverged:
-        status = "diverged"
-    elif ran >= max_epochs:
-        status = "finished"
-    else:
-        status = "stopped"  # by ASHA
+    status = ("errored" if error is not None else "diverged" if diverged
+              else "finished" if ran >= max_epochs else "stopped")  # stopped: by ASHA
     val = history[METRIC] if not history.empty else pd.Series(dtype=float)
     best_idx = val.idxmax() if val.notna().any() else None
+    # Ray wraps a trial's exception in a RayTaskError whose text is a coloured traceback that would
+    # fill the column before reaching the message; show the cause.
+    cause = getattr(error, "cause", None) or error
     return {
         "trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
         "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
@@ -80,19 +71,12 @@ def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epo
         "last_val_acc": float(val.iloc[-1]) if len(val) else math.nan,
         "epochs_run": ran, "stopped_early": status == "stopped", "status": status,
         "wall_time_s": float(history["time_total_s"].iloc[-1]) if not history.empty else 0.0,
-        "error": None if error is None else error_text(error),
+        "error": None if error is None else f"{type(cause).__name__}: {cause}"[:300],
     }
 
 
 class NoFinishedTrial(RuntimeError):
     """Every trial errored or diverged: there is no best config."""
-
-
-def error_text(error: BaseException) -> str:
-    """'RuntimeError: message'. Ray wraps a trial's exception in a RayTaskError whose text is a
-    coloured traceback that would fill the column before reaching the message; show the cause."""
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {cause}"[:300]
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series:
@@ -112,11 +96,8 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, name: str):
-    """An Optuna study rebuilt from the trials, saved as SQLite (optuna.load_study opens it).
-
-    A trial's value is its last reported val_acc (what OptunaSearch saw); a diverged
-    trial scores chance; an errored one is FAIL.
-    """
+    """An Optuna study rebuilt from the trials, saved as SQLite. A trial's value is its last reported
+    val_acc (what OptunaSearch saw); a diverged trial scores chance; an errored one is FAIL."""
     import optuna
 
     dists = optuna_distributions()
@@ -151,9 +132,9 @@ def plot_study(study) -> dict:
     drawn = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
-        for name, fn in PLOTS.items():
+        for name in PLOTS:
             try:
-                ax = getattr(ovm, fn)(study)
+                ax = getattr(ovm, f"plot_{name}")(study)
             except (ValueError, RuntimeError) as err:  # e.g. importances need 2 complete trials
                 print(f"skipped {name} plot: {err}")
                 continue

@@ -19,7 +19,7 @@ import pandas as pd
 from mnist_net import files, plots
 from mnist_net.cli import Parser, add_compile_mode, compile_changes, non_negative_float, positive_int, say
 from mnist_net.config import TrainConfig
-from mnist_net.data import DEFAULT_DATA_DIR, N_TRAIN, N_VAL, load_splits
+from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 from mnist_net.download import DataUnavailable
 from mnist_net.runtime import provenance
 from tuner import cluster, confirm, planning, publish, resources, tracking
@@ -30,7 +30,6 @@ from tuner.space import PARAMS, SEED_CONFIG
 SMOKE = {"seeds": 1, "epochs": 1, "train_size": 1024}
 DEFAULTS = {"seeds": 3, "epochs": 20, "train_size": None}
 DEFAULT_TOP = 3
-SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}
 
 
 @dataclass(frozen=True)
@@ -119,8 +118,7 @@ def job_from_args(args) -> Job:
         best = read_best(path)
         seed = best.get("seed_config", SEED_CONFIG)
         cands = [Candidate("best", dict(best["config"]), best.get("val_acc")), Candidate(SEED_LABEL, dict(seed))]
-        out = args.out or path.parent / best.get("experiment", {}).get("summary_dir", ".")
-        source = str(path)
+        out, source = args.out or path.parent / best.get("experiment", {}).get("summary_dir", "."), str(path)
     out = Path(out).expanduser()
     if (out / "retrain.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'retrain.json'} exists; pass a new --out (or --overwrite to replace it)")
@@ -129,9 +127,8 @@ def job_from_args(args) -> Job:
 
 
 def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s: float | None) -> dict:
-    """Stage 5 of a search, on its Ray: its top configs and the seed's, at the recipe the time left
-    fits (`left_s`; None = as planned); best_config.json then names the confirmed winner, with the
-    search's own pick beside it."""
+    """Stage 5 of a search, on its Ray: its top configs and the seed's, at the recipe the time left fits (`left_s`;
+    None = as planned); best_config.json then names the confirmed winner, with the search's own pick beside it."""
     import ray
 
     trials = read_trials(summary_dir)
@@ -157,14 +154,11 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
 def execute(job: Job, plan: resources.Placement, predicted_s: float | None = None) -> dict:
     """Run (or read back) every run on the connected Ray, then write and return the report."""
     splits = load_splits(job.data_dir)
-    say(f"confirm: {len(job.cands)} configs x {job.recipe.seeds} seed(s), "
-        f"{job.recipe.describe(SPLIT_SIZES[job.recipe.train_split])}; {plan.describe()}")
-    runs = run_all(list(job.cands), job.recipe, job.data_dir, plan, RunStore(job.out / "runs"), job.changes,
-                   predicted_s)
-    images = job.recipe.images(SPLIT_SIZES[job.recipe.train_split])
-    rep = confirm.report(list(job.cands), runs, splits["test"].labels.numpy(), job.recipe, images)
-    rep["source"] = job.source
-    rep["provenance"] = provenance()
+    say(f"confirm: {len(job.cands)} configs x {job.recipe.seeds} seed(s), {job.recipe.describe()}; {plan.describe()}")
+    cands = list(job.cands)
+    runs = run_all(cands, job.recipe, job.data_dir, plan, RunStore(job.out / "runs"), job.changes, predicted_s)
+    rep = {**confirm.report(cands, runs, splits["test"].labels.numpy(), job.recipe), "source": job.source,
+           "provenance": provenance()}
     write_outputs(job, runs, rep)
     for line in confirm.lines(rep):
         say(line)
@@ -173,14 +167,12 @@ def execute(job: Job, plan: resources.Placement, predicted_s: float | None = Non
 
 def write_outputs(job: Job, runs: dict[str, list[dict]], rep: dict) -> None:
     files.write_json(job.out / "retrain.json", rep)
-    best, seed = rep["best"]["label"], SEED_LABEL
+    best = rep["best"]["label"]
     plots.curves(runs[best][0]["epochs_history"], job.out / "best_curves.png", title=f"{best} (seed 1)")
-    plots.curves(runs[seed][0]["epochs_history"], job.out / "seed_curves.png", title="seed config (seed 1)")
-    winner = next(c for c in job.cands if c.label == rep["winner"]["label"])
-    weights = RunStore(job.out / "runs").weights(winner.config, 1, job.recipe)
+    plots.curves(runs[SEED_LABEL][0]["epochs_history"], job.out / "seed_curves.png", title="seed config (seed 1)")
+    weights = RunStore(job.out / "runs").weights(rep["winner"]["config"], 1, job.recipe)
     if weights.is_file():
-        with files.atomic_path(job.out / "best_model.pt") as tmp:
-            tmp.write_bytes(weights.read_bytes())
+        files.write_bytes(job.out / "best_model.pt", weights.read_bytes())
     buf = io.BytesIO()  # to recompute the statistics: predictions[label][seed - 1, image]
     np.savez_compressed(buf, **{c.label: np.stack([r["predictions"] for r in runs[c.label]]) for c in job.cands})
     files.write_bytes(job.out / "test_predictions.npz", buf.getvalue())
@@ -196,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         load_splits(job.data_dir)  # fails here, once, if MNIST is missing
     except (ValueError, DataUnavailable) as err:
         parser.fail(str(err))
-    connected(parser, args, job)
+    try:
+        connected(parser, args, job)
+    except KeyboardInterrupt:  # connected has already shut down a Ray it started
+        say(f"interrupted: the runs already saved in {job.out / 'runs'} are reused when the same command is run again")
+        return 130
     return 0
 
 

@@ -17,6 +17,7 @@ from tuner.budget import rungs
 from tuner.results import plot_study
 from tuner.settings import grace_period_for, reduction_factor_for
 from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR
+from tuner.study import trial_status
 
 # Where `python -m tuner.retrain --train-split train+val --epochs 20 --out results/full-recipe` (the
 # README's full-recipe check of a committed winner) leaves its retrain.json.
@@ -46,11 +47,10 @@ def load(results: str | Path, name: str | None = None) -> Review | None:
     """The search `name` in `results` (finished or still running), or the latest finished one
     (via best_config.json); None if there is none. Calling it again reads the files again."""
     results = Path(results)
-    if name is not None:
-        done = results / name / "best_config.json"
-        return finished(results, json.loads(done.read_text())) if done.is_file() else running(results, name)
-    best_file = results / "best_config.json"
-    return finished(results, json.loads(best_file.read_text())) if best_file.is_file() else None
+    best_file = results / (name or "") / "best_config.json"
+    if best_file.is_file():
+        return finished(results, json.loads(best_file.read_text()))
+    return None if name is None else running(results, name)
 
 
 def finished(results: Path, best: dict) -> Review:
@@ -73,7 +73,7 @@ def running(results: Path, name: str) -> Review | None:
               "reduction_factor": reduction_factor_for(settings["max_epochs"]), "trials": len(trials)}
     best = {"experiment": {"name": name, "summary_dir": name}, "search": search, "running": True,
             "seed_config": dict(SEED_CONFIG), "config": None, METRIC: None}
-    ok = trials[trials["status"] != "diverged"].dropna(subset=["best_val_acc"]) if len(trials) else trials
+    ok = trials[trials["status"] != "diverged"].dropna(subset=["best_val_acc"])
     if len(ok):
         top = ok.loc[ok["best_val_acc"].idxmax()]
         best.update({"config": {p: top[p] for p in PARAMS}, METRIC: float(top["best_val_acc"]),
@@ -96,8 +96,7 @@ def trial_files(experiment: Path, max_epochs: int) -> tuple[pd.DataFrame, pd.Dat
         history = {int(r[TIME_ATTR]): r for r in records}  # a retried epoch: its last report
         config = json.loads(trial_dir.read_text())
         last = records[-1] if records else {}
-        status = ("diverged" if last.get("diverged") else "running" if not last.get("done")
-                  else "finished" if last.get(TIME_ATTR, 0) >= max_epochs else "stopped")
+        status = trial_status(last, False, max_epochs) if last.get("done") or last.get("diverged") else "running"
         trial_id = last.get("trial_id") or trial_dir.parent.name
         best_epoch = max(history, key=lambda e: history[e][METRIC]) if history else None
         rows.append({"trial": n + 1, "trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
@@ -132,27 +131,18 @@ def trial_table(review: Review) -> pd.DataFrame:
             .reset_index(drop=True))
 
 
-def study(review: Review):
+def optuna_figures(review: Review) -> list[Figure]:
+    """Optuna's plots of the study (those it can draw yet, for a running study): see results.PLOTS."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=review.name, storage=f"sqlite:///{review.folder / 'study.db'}")
-
-
-def optuna_figures(review: Review) -> list[Figure]:
-    """Optuna's optimization history, parameter importances and parallel coordinates (those it can
-    draw yet, for a running study)."""
-    return list(plot_study(study(review)).values())
-
-
-def _same(row, config: dict | None) -> bool:
-    return config is not None and all(abs(float(row[p]) - float(config[p])) < 1e-9 for p in PARAMS)
+    study = optuna.load_study(study_name=review.name, storage=f"sqlite:///{review.folder / 'study.db'}")
+    return list(plot_study(study).values())
 
 
 def trial_curves(review: Review) -> Figure:
-    """Val error (100 - val_acc, log axis, so the leaders' 1-2 % spread is visible) per epoch for
-    every trial, coloured by batch size; the chosen config and the seed's config drawn thick and
-    labelled; dotted lines mark ASHA's rungs."""
+    """Val error (100 - val_acc, log axis: the leaders' 1-2 % spread shows) per epoch, every trial coloured
+    by batch size; the chosen and the seed's config thick and labelled; ASHA's rungs dotted."""
     search = review.best["search"]
     colours = dict(zip(BATCH_SIZES, plt.get_cmap("viridis")(np.linspace(0, 0.9, len(BATCH_SIZES))), strict=True))
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -162,7 +152,7 @@ def trial_curves(review: Review) -> Figure:
         error = 100 - group[METRIC].clip(upper=99.99)
         ax.plot(group["epoch"], error, color=colours.get(int(row["batch_size"]), "gray"), alpha=0.6, lw=1)
         for config, label, style in ((review.best.get("config"), "chosen", "-"), (SEED_CONFIG, "seed's config", "--")):
-            if _same(row, config):
+            if config is not None and all(abs(float(row[p]) - float(config[p])) < 1e-9 for p in PARAMS):
                 ax.plot(group["epoch"], error, color="black", lw=2.5, ls=style, marker="o", ms=4,
                         label=f"{label}: lr {row['lr']:.3g}, m {row['momentum']:.2f}, bs {int(row['batch_size'])}")
     for batch, colour in colours.items():
@@ -198,7 +188,7 @@ def retrain_table(review: Review) -> pd.DataFrame:
 def ranking(review: Review) -> str:
     """How well the search's proxy ranked the confirmed configs (Kendall's tau), and any warning."""
     rank = review.retrain.get("ranking") or {}
-    if not rank or rank.get("tau") is None or rank["tau"] != rank["tau"]:
+    if rank.get("tau") is None or rank["tau"] != rank["tau"]:  # NaN: no ranking
         return "no ranking: fewer than two confirmed configs with a proxy score, or no selection split"
     lines = [f"proxy vs confirmation ranking of {rank['configs']} configs: Kendall tau {rank['tau']:+.2f} "
              f"(p = {rank['pvalue']:.2g})"]

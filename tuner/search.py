@@ -275,6 +275,10 @@ def confirm_stage(exp: Experiment, plan: planning.SearchPlan, started: float) ->
     except ValueError as err:  # e.g. a GPU share on a torch without CUDA, in a confirm run
         say(f"error: the confirm stage failed: {err}")
         return 1
+    except KeyboardInterrupt:  # the search is published; the runs saved so far are reused
+        say(f"confirm stage interrupted; the search's results are in {exp.summary_dir}. Confirm later with: "
+            f"python -m tuner.retrain --search {exp.name} --results {exp.out}")
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
 from mnist_net.config import TrainConfig, is_int, is_number
 from mnist_net.data import N_TRAIN, N_VAL
-from tuner.budget import FIDELITY_FIELDS, BudgetPlan, grace_period_for, reduction_factor_for
+from tuner.budget import FIDELITY_FIELDS, BudgetPlan, Fidelity, grace_period_for, reduction_factor_for
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
@@ -102,6 +102,11 @@ class SearchSettings:
         """The TrainConfig every trial starts from (Tune's sampled params replace lr, momentum, batch)."""
         return TrainConfig(epochs=self.max_epochs, train_split="train", train_size=self.train_size,
                            eval_size=self.eval_size, seed=self.seed, **self.compile_changes())
+
+    def fidelity(self) -> Fidelity:
+        """The cost knobs as a budget.Fidelity, None read as the whole split (Fidelity.settings inverts it)."""
+        return Fidelity(self.max_epochs, self.train_size or N_TRAIN, self.eval_size or N_VAL, self.confirm_seeds,
+                        self.confirm_epochs or self.max_epochs, self.confirm_train_size or N_TRAIN)
 
     def compile_changes(self) -> dict:
         """TrainConfig fields for compile_mode, as every CLI reads --compile-mode."""

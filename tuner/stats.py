@@ -15,8 +15,10 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
+ALPHA = 0.05  # per-seed McNemar level
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # a fixed random_state: the same predictions give the same interval
+MAX_SEEDS_SUGGESTED = 50
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -40,28 +42,22 @@ def paired_t_ci(acc_a: list[float], acc_b: list[float], confidence: float = CONF
     return float(ci.low), float(ci.high)
 
 
-def _diff_pp(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    return 100.0 * (np.mean(a, axis=axis) - np.mean(b, axis=axis))
-
-
-def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = CONFIDENCE
-                 ) -> tuple[float, float]:
+def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Paired bootstrap over the test images of the accuracy difference A - B, in pp."""
     a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
     if np.array_equal(a, b):  # every resample gives 0; BCa would warn and return nan
         return 0.0, 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((a, b), _diff_pp, paired=True, vectorized=True, confidence_level=confidence,
+        res = stats.bootstrap((a, b), lambda x, y, axis: 100.0 * (np.mean(x, axis=axis) - np.mean(y, axis=axis)),
+                              paired=True, vectorized=True, confidence_level=confidence,
                               n_resamples=BOOTSTRAP_RESAMPLES, batch=1000, random_state=BOOTSTRAP_SEED)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> dict:
-    """Per-seed McNemar and the CI of the mean difference (best - seed config, pp) over seeds.
-
-    correct_*[i]: a boolean array, image j of the test split right or wrong, for seed i.
-    """
+    """Per-seed McNemar and the CI of the mean difference (best - seed config, pp) over seeds;
+    correct_*[i] is seed i's boolean array over the test images (right or wrong)."""
     per_seed = [mcnemar(a, b) for a, b in zip(correct_best, correct_seed, strict=True)]
     acc_best = [100.0 * float(np.mean(a)) for a in correct_best]
     acc_seed = [100.0 * float(np.mean(b)) for b in correct_seed]
@@ -79,11 +75,6 @@ def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> d
             "mcnemar": per_seed, "acc_best": acc_best, "acc_seed_config": acc_seed}
 
 
-def image_count(n: int) -> str:
-    """60000 -> '60k', 1024 -> '1,024'."""
-    return f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
-
-
 def _pvalues(pvalues: list[float]) -> str:
     if all(p < 0.001 for p in pvalues):
         return "McNemar p < 0.001" + (" for each seed" if len(pvalues) > 1 else "")
@@ -94,16 +85,9 @@ def _interval(low: float, high: float) -> str:
     return f"{low:.2f}–{high:.2f}" if low >= 0 else f"{low:.2f} to {high:.2f}"  # "-0.29–0.54" misreads
 
 
-ALPHA = 0.05  # per-seed McNemar level
-MAX_SEEDS_SUGGESTED = 50
-OUTCOMES = ("better", "worse", "better_on_every_seed", "worse_on_every_seed", "disagree", "no_difference")
-
-
 def outcome(comparison: dict) -> str:
-    """Which of the four things the comparison says (A = the first config, B = the second).
-
-    Only a t interval over seeds speaks for seeds not run; per-seed McNemar speaks for these seeds.
-    """
+    """Which of the four things the comparison says (A = the first config, B = the second). Only a t
+    interval over seeds speaks for seeds not run; per-seed McNemar speaks for these seeds."""
     low, high = comparison["ci_low_pp"], comparison["ci_high_pp"]
     if comparison.get("ci_method", "").startswith("paired t") and math.isfinite(low):
         if low > 0:
@@ -135,11 +119,9 @@ def seeds_to_decide(diffs: list[float], confidence: float = CONFIDENCE) -> int |
 
 
 def kendall_tau(proxy: list[float], confirmed: list[float]) -> dict:
-    """How well the search's proxy ranked the confirmed configs: Kendall's tau (scipy), its p."""
-    if len(proxy) < 2:
-        return {"tau": math.nan, "pvalue": math.nan, "configs": len(proxy)}
-    res = stats.kendalltau(proxy, confirmed)
-    return {"tau": float(res.statistic), "pvalue": float(res.pvalue), "configs": len(proxy)}
+    """How well the search's proxy ranked the confirmed configs: Kendall's tau (scipy), its p; nan below 2."""
+    tau, p = stats.kendalltau(proxy, confirmed) if len(proxy) >= 2 else (math.nan, math.nan)
+    return {"tau": float(tau), "pvalue": float(p), "configs": len(proxy)}
 
 
 def _per_seed(comparison: dict) -> str:
@@ -154,8 +136,8 @@ def verdict(comparison: dict, epochs: int, train_images: int, names: tuple[str, 
     a, b = names
     pct = int(round(100 * comparison["confidence"]))
     p = _pvalues([m["pvalue"] for m in comparison["mcnemar"]])
-    at = (f"at {epochs} epoch{'s' * (epochs != 1)} on {image_count(train_images)} images, "
-          f"{seeds} seed{'s' * (seeds != 1)}")
+    images = f"{train_images // 1000}k" if train_images % 1000 == 0 else f"{train_images:,}"  # 60k, 1,024
+    at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images} images, {seeds} seed{'s' * (seeds != 1)}"
     kind = outcome(comparison)
     if kind == "better":
         return f"{a} beats {b} by {mean:.2f} pp on test across seeds ({pct} % CI {_interval(low, high)}, {p}) {at}"

@@ -1,9 +1,8 @@
 """The Optuna study, live in results/<name>/study.db from the first trial (optuna-dashboard reads it).
 
-tuner.searcher writes it while the search runs; this module, which never imports Ray (the
-notebook uses it), checks it before a --resume and settles it when the search is published:
-the trials Ray never told the searcher about (cut by the time budget, or orphaned by a kill)
-get their final status.
+tuner.searcher writes it during the search; this module (no Ray) checks it before a --resume and settles
+it on publishing: trials Ray never told the searcher about (cut by the time budget, or orphaned by a
+kill) get their final status.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from mnist_net import files
@@ -44,11 +44,8 @@ def rdb_storage(path: Path):
 def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
     """The status tuner.results.trial_row gives the same trial from its history."""
     result = result or {}
-    if error:
-        return "errored"
-    if result.get("diverged"):
-        return "diverged"
-    return "finished" if result.get(TIME_ATTR, 0) >= max_epochs else "stopped"
+    return ("errored" if error else "diverged" if result.get("diverged")
+            else "finished" if result.get(TIME_ATTR, 0) >= max_epochs else "stopped")
 
 
 def check(path: Path, name: str) -> None:
@@ -58,22 +55,17 @@ def check(path: Path, name: str) -> None:
         raise ValueError(f"cannot resume: {path} is missing; the search's Optuna study lives there "
                          "(put it back, e.g. from a backup, and resume again)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2)
-        try:
+        with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2)) as conn:
             ok = conn.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(ok)
             conn.execute("BEGIN IMMEDIATE")  # the write lock the search will need
             conn.rollback()
             names = {r[0] for r in conn.execute("SELECT study_name FROM studies")}
-        finally:
-            conn.close()
     except sqlite3.OperationalError as err:
-        if "locked" in str(err):
-            raise ValueError(f"cannot resume: {path} is locked by another process (is this search "
-                             "still running?); nothing was changed") from None
-        raise ValueError(f"cannot resume: {path} is not a readable Optuna study ({err}); nothing was changed") \
-            from None
+        why = ("is locked by another process (is this search still running?)" if "locked" in str(err)
+               else f"is not a readable Optuna study ({err})")
+        raise ValueError(f"cannot resume: {path} {why}; nothing was changed") from None
     except sqlite3.DatabaseError as err:
         raise ValueError(f"cannot resume: {path} is corrupt ({err}); nothing was changed") from None
     if name not in names:
@@ -83,8 +75,7 @@ def check(path: Path, name: str) -> None:
 def is_live(experiment_dir: Path) -> bool:
     """Whether Ray's saved searcher state writes to an RDB study (a search started before the
     live study kept it in memory, and publish then builds study.db from the trials)."""
-    states = list(Path(experiment_dir).glob("searcher-state-*.pkl"))
-    return any(b"sqlite:" in p.read_bytes() for p in states)
+    return any(b"sqlite:" in p.read_bytes() for p in Path(experiment_dir).glob("searcher-state-*.pkl"))
 
 
 def settle(path: Path, name: str, trials):
@@ -94,12 +85,8 @@ def settle(path: Path, name: str, trials):
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / FILE
-        src, dst = sqlite3.connect(path, timeout=LOCK_WAIT_S), sqlite3.connect(copy)
-        try:
+        with closing(sqlite3.connect(path, timeout=LOCK_WAIT_S)) as src, closing(sqlite3.connect(copy)) as dst:
             src.backup(dst)  # consistent even while a reader has the file open
-        finally:
-            src.close()
-            dst.close()
         finish(copy, name, trials)
         with files.atomic_path(path) as final_tmp:
             shutil.copyfile(copy, final_tmp)

@@ -1,13 +1,7 @@
-"""MLflow tracking of a search (`--mlflow URI`, extra `[mlflow]`): MLflow's own client and Ray's
-MLflowLoggerCallback, no hand-written HTTP.
-
-- one parent run per search, named after the experiment: its settings and plan;
-- one nested run per trial (Ray's callback, tagged with the parent's id): params, per-epoch
-  metrics, final status;
-- one nested run for the final stage: `log_final(uri, parent_run_id, report)`.
-
-The parent's ids are saved as <summary>/mlflow.json, so a later stage (or a --resume) finds them.
-"""
+"""MLflow tracking of a search (`--mlflow URI`, extra `[mlflow]`) with MLflow's client and Ray's
+MLflowLoggerCallback: a parent run per search named after it (settings, plan), a nested run per trial
+(params, per-epoch metrics, final status) and one for the final stage (`log_final`). The parent's ids
+are saved as <summary>/mlflow.json, so a later stage (or a --resume) finds them."""
 
 from __future__ import annotations
 
@@ -41,8 +35,7 @@ def uri_arg(uri: str) -> str:
     except ImportError:
         raise argparse.ArgumentTypeError("needs MLflow: pip install -e '.[mlflow]'") from None
     if uri.startswith("file:") or "://" not in uri:
-        folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
-        probe = folder
+        probe = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
         while not probe.exists():
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK):
@@ -60,11 +53,6 @@ def uri_arg(uri: str) -> str:
     return uri
 
 
-def _experiment_id(client) -> str:
-    found = client.get_experiment_by_name(EXPERIMENT)
-    return found.experiment_id if found else client.create_experiment(EXPERIMENT)
-
-
 def start_search(uri: str, name: str, settings, plan, summary_dir: Path) -> str:
     """The parent run (reused on a --resume: its id is in mlflow.json); returns its id."""
     client, link = _client(uri), summary_dir / LINK_FILE
@@ -72,8 +60,9 @@ def start_search(uri: str, name: str, settings, plan, summary_dir: Path) -> str:
         run_id = files.read_json(link, str(link))["parent_run_id"]
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(_experiment_id(client), run_name=name, tags={"stage": "search"})
-    run_id = run.info.run_id
+    found = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = found.experiment_id if found else client.create_experiment(EXPERIMENT)
+    run_id = client.create_run(experiment_id, run_name=name, tags={"stage": "search"}).info.run_id
     record = settings.to_dict()
     for key, value in record.items():
         if key != "budget_plan" and value is not None:
@@ -92,8 +81,7 @@ def trial_callback(uri: str, parent_run_id: str, max_epochs: int):
         def log_trial_end(self, trial, failed: bool = False):
             run_id = self._trial_runs.get(trial)
             if run_id is not None:
-                status = trial_status(trial.last_result, failed, max_epochs)
-                _client(uri).set_tag(run_id, "status", status)
+                _client(uri).set_tag(run_id, "status", trial_status(trial.last_result, failed, max_epochs))
             super().log_trial_end(trial, failed)
 
     _client(uri)  # the file-store opt-in, before Ray's callback opens the store
@@ -118,11 +106,10 @@ def log_final(uri: str, parent_run_id: str, report: dict, name: str = "confirm")
     (the verdict line among them), the whole report as report.json. Returns the run's id."""
     client = _client(uri)
     parent = client.get_run(parent_run_id)
-    run = client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name}-{name}",
-                            tags={"mlflow.parentRunId": parent_run_id, "stage": name})
-    run_id = run.info.run_id
+    run_id = client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name}-{name}",
+                               tags={"mlflow.parentRunId": parent_run_id, "stage": name}).info.run_id
     for key, value in report.items():
-        if isinstance(value, bool) or isinstance(value, str):
+        if isinstance(value, (bool, str)):
             client.set_tag(run_id, key, str(value)[:5000])
         elif isinstance(value, (int, float)):
             client.log_metric(run_id, key, float(value))

@@ -26,24 +26,20 @@ CHECKPOINT_FILE = "state.pt"
 AUTO_CHECKPOINT_RATIO = 20
 
 
-
 def to_train_config(config: dict, base: TrainConfig) -> TrainConfig:
     """The trainable boundary: Tune's sampled params -> the typed config, validated once."""
     params = {k: config[k] for k in PARAMS}
-    params["batch_size"] = int(params["batch_size"])
-    return TrainConfig.from_dict(params, base)
+    return TrainConfig.from_dict({**params, "batch_size": int(params["batch_size"])}, base)
 
 
 def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: int | None = None) -> None:
     """Train on the train split on the device Ray assigned; report val metrics every epoch.
 
-    checkpoint_every: a checkpoint every N epochs, or None ("auto"): the first epoch, then
-    whenever the time since the last one reaches AUTO_CHECKPOINT_RATIO x the measured save cost
-    (every epoch for CPU epochs of seconds, every few for sub-second GPU epochs). The last epoch
-    is always checkpointed, so a finished trial's weights are kept. A retried (FailureConfig) or
-    resumed (--resume) trial restarts from its last checkpoint: it loses, and trains again, the
-    epochs since, and Ray numbers them again from the checkpoint's epoch.
-    """
+    checkpoint_every: every N epochs, or None (auto: the first epoch, then whenever the time since the
+    last reaches AUTO_CHECKPOINT_RATIO x the measured save cost: every epoch for CPU epochs of seconds,
+    every few for sub-second GPU epochs). The last epoch always, so a finished trial keeps its weights.
+    A retried (FailureConfig) or resumed (--resume) trial restarts from its last checkpoint: it trains
+    the epochs since again, and Ray numbers them again from the checkpoint's epoch."""
     cfg = to_train_config(config, base)
     asked = tune.get_context().get_trial_resources().required_resources
     device = worker_device(asked.get("CPU", 1))
@@ -103,35 +99,28 @@ class CheckpointPolicy:
 
 
 def save_state(folder: str, training: Training, epoch: int, cfg: TrainConfig) -> None:
-    """Everything the next epoch needs: weights, momentum, lr schedule (and fp16 loss scale), epoch
-    and the CPU RNG; all on the CPU, so a plain torch.load works on a machine without a GPU. The
-    copy costs one device-to-host transfer of ~5 MB (bench/gpu.sh times it, section 2)."""
+    """Everything the next epoch needs (weights, momentum, lr schedule, fp16 loss scale, epoch, CPU RNG), on
+    the CPU so a plain torch.load works without a GPU: a ~5 MB device-to-host copy (bench/gpu.sh section 2)."""
     state = {**cpu_state(training.state_dict()), "epoch": epoch, "seed": cfg.seed,
              "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()}
     torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
 
 
 def load_checkpoint_state(path: str) -> dict:
-    """A saved state, every tensor on the CPU, whichever device saved it. load_state_dict then
-    moves the weights and momentum to the trial's device, and torch.set_rng_state takes only a
-    CPU ByteTensor (mapping to the trial's GPU would make the RNG state a CUDA tensor)."""
+    """A saved state, every tensor on the CPU: load_state_dict moves weights and momentum to the trial's
+    device, and torch.set_rng_state takes only a CPU ByteTensor (not one mapped to the trial's GPU)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def apply_state(training: Training, state: dict) -> int:
-    """Put a loaded state into `training` and the CPU RNG; return the epoch it finished."""
-    training.load_state_dict(state)
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["epoch"])
-
-
 def restore(training: Training, checkpoint: tune.Checkpoint | None) -> int:
-    """Load the trial's last checkpoint, if any; return the epoch it finished (0 = none)."""
+    """Load the trial's last checkpoint, if any, into `training` and the CPU RNG; the epoch it finished (0 = none)."""
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
         state = load_checkpoint_state(os.path.join(folder, CHECKPOINT_FILE))
-    return apply_state(training, state)
+    training.load_state_dict(state)
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"])
 
 
 def peak_rss_mb() -> float:

@@ -1,14 +1,15 @@
-"""What tuner.run.run_trials adds around tuner.fit() so a search can be watched and leaves little behind:
-the progress line, MLflow runs, the live study's check before a --resume, and the checkpoint
-tidy-up after publishing. One object, so run_trials needs a few lines, not a dozen."""
+"""What tuner.run.run_trials adds around tuner.fit(): the progress line, MLflow runs, the live study's
+check before a --resume, and, once the search is published, the tidy-up of spent checkpoints."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_net.cli import say
-from tuner import disk, study, tracking
+from tuner import study, tracking
+from tuner.results import cut_short, ray_trial_id
 
 
 @dataclass
@@ -27,9 +28,8 @@ class Watch:
 
 
 def start(exp, settings, placement) -> Watch:
-    """The search's callbacks for the experiment `exp` (a tuner.search.Experiment): the progress
-    line unless exp.verbose (Ray's own tables then), and Ray's MLflow logger under a parent run
-    with exp.mlflow (already checked by the parser)."""
+    """The callbacks of the experiment `exp` (a tuner.search.Experiment): the progress line unless
+    exp.verbose (Ray's tables then), and Ray's MLflow logger under a parent run with exp.mlflow."""
     from tuner import progress  # imports Ray Tune: not at tuner.search's import
 
     w = Watch(exp.summary_dir, exp.mlflow)
@@ -51,5 +51,38 @@ def check_resume(summary_dir: Path, experiment_dir: str, name: str) -> None:
         study.check(summary_dir / study.FILE, name)
 
 
+# Each trial keeps its two newest checkpoints while the search runs (CheckpointConfig num_to_keep=2),
+# about 5 MB each. Once the search is published, a trial that ended (finished, stopped by ASHA,
+# diverged) is never trained again: its checkpoints go, except the best trial's newest (its weights).
+# A trial a --resume would restart (errored: resume_errored; cut by the time budget: no done=True in
+# its last result) keeps its newest, the one a restore loads.
+def removable(grid, best_trial_id: str) -> list[Path]:
+    """The checkpoint folders nothing can use once the search is published."""
+    doomed = []
+    for result in grid:
+        ended = not cut_short(result) and result.error is None
+        found = sorted(p for p in Path(result.path).glob("checkpoint_*") if p.is_dir())  # oldest first
+        doomed.extend(found[:-1] if ray_trial_id(result) == best_trial_id or not ended else found)
+    return doomed
+
+
 def tidy(grid, experiment_dir: str, best: dict, keep: bool) -> None:
-    say(disk.tidy(grid, experiment_dir, best["trial_id"], keep))
+    """Remove what `removable` names from a local storage folder unless `keep`; say the sizes."""
+    if "://" in experiment_dir and not experiment_dir.startswith("file://"):
+        say(f"checkpoints kept: {experiment_dir} is remote storage")
+        return
+    folder = Path(experiment_dir.removeprefix("file://"))
+    before = size_mb(folder)
+    if keep:
+        say(f"storage {folder}: {before:.1f} MB (--keep-checkpoints: every checkpoint kept)")
+        return
+    doomed = removable(grid, best["trial_id"])
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    after = size_mb(folder)
+    say(f"storage {folder}: {after:.1f} MB (removed {len(doomed)} checkpoints nothing can use any more, "
+        f"{before - after:.1f} MB; --keep-checkpoints keeps them)")
+
+
+def size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) / 2**20
