@@ -18,11 +18,17 @@ GCS_PROBE_LIMIT_S = 20  # the probe process in all, Python and Ray's imports inc
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 
 
-def resolve_storage(storage: str | None, out: Path) -> str:
-    """Ray's storage as an absolute path (made and checked writable) or a URI left as is."""
+def storage_path(storage: str | None, out: Path) -> str:
+    """Ray's storage: a URI as given, else the absolute folder (default <out>/ray). Creates nothing."""
     if storage is not None and "://" in storage:
         return storage.rstrip("/")
-    return str(prepare_out_dir(out / "ray" if storage is None else storage))
+    return str(Path(storage or Path(out) / "ray").expanduser().resolve())
+
+
+def resolve_storage(storage: str | None, out: Path) -> str:
+    """storage_path, its folder made and checked writable."""
+    path = storage_path(storage, out)
+    return path if "://" in path else str(prepare_out_dir(path))
 
 
 def connect(address: str | None, dashboard: bool = False) -> None:

@@ -155,8 +155,7 @@ def experiment(args: argparse.Namespace) -> Experiment:
 def planned_paths(args) -> tuple[Path, str]:
     """--out and the Ray storage as they will be, without creating either."""
     out = Path(args.out).expanduser().resolve()
-    return out, (args.storage.rstrip("/") if args.storage and "://" in args.storage
-                 else str(Path(args.storage or out / "ray").expanduser().resolve()))
+    return out, cluster.storage_path(args.storage, out)
 
 
 def resolve_experiment(args, storage: str, out: Path) -> tuple[str, SearchSettings | None]:
