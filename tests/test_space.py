@@ -67,3 +67,12 @@ def test_the_loss_term_never_reorders_different_accuracies():
     worst, best = space.val_score(50.01, float("nan")), space.val_score(50.0, 0.0)
     assert worst > best  # 0.01 pp (one image in 10,000) outweighs any loss
     assert space.val_score(10.0, float("inf")) == space.val_score(10.0, 1e9) == 10.0 - 10 * space.LOSS_WEIGHT
+
+
+def test_contains_checks_every_param_against_the_table():
+    import pandas as pd
+
+    inside = pd.DataFrame({"lr": [1e-3, 0.2], "momentum": [0.5, 0.99], "batch_size": [32, 1024]})
+    assert space.contains(inside)
+    for param, outside in (("lr", 0.3), ("momentum", 0.4), ("batch_size", 48)):
+        assert not space.contains(inside.assign(**{param: [inside[param][0], outside]})), param

@@ -19,18 +19,14 @@ import pandas as pd
 from mnist_net import files
 from mnist_net.cli import say
 from mnist_net.runtime import git_commit
+from tuner import space
 from tuner.settings import SearchSettings
-from tuner.space import BATCH_SIZES, CHANCE_ACC, LR_RANGE, MOMENTUM_RANGE, PARAMS, space_record
+from tuner.space import CHANCE_ACC, PARAMS, space_record
 
 LINK_FILE = "extends.json"  # in the extension's summary folder: what a --resume needs to publish
 # Flags an extension may set; every other settings flag must equal the parent's (fidelity).
 MAY_DIFFER = ("num_samples", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "confirm_top", "confirm_seeds",
               "confirm_epochs", "confirm_train_size", "checkpoint_every")
-
-
-def _inside_space(trials: pd.DataFrame) -> bool:
-    return bool(trials["lr"].between(*LR_RANGE).all() and trials["momentum"].between(*MOMENTUM_RANGE).all()
-                and trials["batch_size"].isin(BATCH_SIZES).all())
 
 
 @dataclass(frozen=True)
@@ -45,9 +41,9 @@ class Extension:
         """(points_to_evaluate, evaluated_rewards): what OptunaSearch saw for each trial, the last
         reported val_acc (chance for a diverged one, as tuner.results.build_study); errored skipped."""
         ok = self.trials[(self.trials["status"] != "errored") & self.trials["last_val_acc"].notna()]
-        points = [{p: float(getattr(r, p)) for p in PARAMS} for r in ok.itertuples()]
-        for point in points:
-            point["batch_size"] = int(point["batch_size"])  # one of Optuna's int choices, exactly
+        # batch_size: one of Optuna's int choices, exactly
+        points = [{p: int(getattr(r, p)) if p == "batch_size" else float(getattr(r, p)) for p in PARAMS}
+                  for r in ok.itertuples()]
         rewards = [CHANCE_ACC if r.status == "diverged" else float(r.last_val_acc) for r in ok.itertuples()]
         return points, rewards
 
@@ -118,7 +114,7 @@ def parent_space(name: str, parent_best: dict, trials: pd.DataFrame) -> str:
             raise ValueError(f"search {name!r} searched a different space ({recorded}) than tuner/space.py "
                              f"defines now ({space_record()}); start a new search instead")
         return "recorded"
-    if not _inside_space(trials):
+    if not space.contains(trials):
         raise ValueError(f"search {name!r} has no recorded space and some of its trials lie outside "
                          "tuner/space.py's ranges: it searched a different space; start a new search instead")
     return "not recorded; every trial lies inside the current space"

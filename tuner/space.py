@@ -55,6 +55,12 @@ def param_space() -> dict:
             for name, p in SPACE.items()}
 
 
+def contains(trials) -> bool:
+    """Whether every row of a trials table (one column per param) lies inside SPACE."""
+    return all((trials[name].isin(p.values) if p.kind == "choice" else trials[name].between(*p.values)).all()
+               for name, p in SPACE.items())
+
+
 def space_record() -> dict:
     """The same space as JSON, recorded in best_config.json so that --extend can compare spaces."""
     return {name: {p.kind: list(p.values)} for name, p in SPACE.items()}
