@@ -25,11 +25,12 @@ from mnist_net.runtime import provenance
 from tuner import cluster, confirm, planning, publish, resources, tracking
 from tuner.confirm import SEED_LABEL, Candidate, Recipe
 from tuner.confirm_runs import RunStore, run_all
+from tuner.settings import DEFAULT_CONFIRM_TOP, SearchSettings
 from tuner.space import PARAMS, SEED_CONFIG
 
 SMOKE = {"seeds": 1, "epochs": 1, "train_size": 1024}
-DEFAULTS = {"seeds": 3, "epochs": 20, "train_size": None}
-DEFAULT_TOP = 3
+# The search's own confirm defaults, and the seed's epochs (TrainConfig's defaults are the seed's recipe).
+DEFAULTS = {"seeds": SearchSettings.confirm_seeds, "epochs": TrainConfig.epochs, "train_size": None}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def build_parser() -> Parser:
                       "NAME in --results (its trials.csv)")
     what.add_argument("--config", type=Path, help="a best_config.json: its one config against the seed's "
                       "(default results/best_config.json when --search is not given)")
-    p.add_argument("--top", type=positive_int, default=DEFAULT_TOP, help="configs of the search to confirm")
+    p.add_argument("--top", type=positive_int, default=DEFAULT_CONFIRM_TOP, help="configs of the search to confirm")
     p.add_argument("--results", type=Path, default=Path("results"), help="the searches' summary folders")
     p.add_argument("--seeds", type=positive_int, help=f"train seeds 1..N for each config (default {DEFAULTS['seeds']})")
     p.add_argument("--epochs", type=positive_int, help=f"epochs per run (default the seed's {DEFAULTS['epochs']})")
