@@ -154,7 +154,7 @@ class GraphedStep:
 def checkpoint_cost(training: Training, repeats: int) -> dict:
     """torch.save of the state a trial checkpoints (model + optimizer + scheduler) to a local file
     (page cache, no fsync, as a trial's save): as it lies on the device, and copied to CPU first
-    with engine.cpu_state, as tuner.trainable.save_state now does (a CPU-loadable checkpoint)."""
+    with engine.cpu_state, as tuner.run.trainable.save_state now does (a CPU-loadable checkpoint)."""
     buffer = io.BytesIO()
     torch.save(training.state_dict(), buffer)
     result = {"bytes": buffer.getbuffer().nbytes}

@@ -31,8 +31,8 @@ from mnist_net.cli import Parser, positive_int
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.runtime import provenance
-from tuner.confirm import Recipe
-from tuner.confirm_runs import RunStore
+from tuner.confirm.recipe import Recipe
+from tuner.confirm.runs import RunStore
 from tuner.space import BATCH_SIZES
 
 ROOT = Path(__file__).resolve().parent.parent

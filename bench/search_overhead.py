@@ -28,6 +28,7 @@ QUICK = {"num_samples": 2, "max_epochs": 1, "train_size": 256, "eval_size": 200}
 def run_search(out: Path, name: str, sizes: dict, extra: list[str]) -> dict:
     from tuner import search
 
+
     argv = ["--no-retrain", "--out", str(out), "--name", name, "--seed", "0", "--gpus-per-trial", "0"]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()] + extra
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Paired statistics for bench/gpu_verdict.py without scipy (gpu.sh needs torch + torchvision only).
 
-The same tests as tuner.stats, which uses scipy: McNemar's exact test per seed on the test images
+The same tests as tuner.confirm.stats, which uses scipy: McNemar's exact test per seed on the test images
 only one model gets right, and a paired t interval over seeds for the mean accuracy difference.
 tests/test_bench.py checks both against scipy.
 """

@@ -46,3 +46,11 @@ def small(splits):
 
     return make
 
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory):
+    """One real smoke search, run once for the modules that only read a finished search (test_search,
+    test_watch, test_notebook, test_extend): tests/helpers_search.shared_search."""
+    from helpers_search import shared_search
+
+    return shared_search(tmp_path_factory.mktemp("searched") / "results")

@@ -25,8 +25,8 @@ import ray
 from raysession import RAY_CLI, clean_env, free_port, kill_session, session_pids, wait_for_port
 
 from mnist_net.data import DEFAULT_DATA_DIR
-from tuner import cluster as cluster_api
-from tuner import resources
+from tuner.plan import placement
+from tuner.run import cluster as cluster_api
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes in /proc")
 
@@ -214,7 +214,7 @@ def test_gpu_trials_go_to_the_gpu_node_and_spread_over_its_gpus(two_nodes, tmp_p
     nodes, gpu_node, _ = two_nodes
     ray.init(address=nodes.address, logging_level="WARNING")
     try:
-        p = resources.place(resources.alive_nodes())
+        p = placement.place(placement.alive_nodes())
         refs = [where_am_i.options(num_cpus=p.cpu_per_trial, num_gpus=p.gpu_per_trial).remote(str(tmp_path))
                 for _ in range(p.concurrent)]
         placed = ray.get(refs, timeout=120)

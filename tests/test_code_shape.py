@@ -9,12 +9,12 @@ MAX_LINES = 40  # def line, docstring and body
 
 def long_functions(folder: Path) -> list[str]:
     found = []
-    for path in sorted(folder.glob("*.py")):
+    for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_LINES:
-                    found.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+                    found.append(f"{path.relative_to(folder)}:{node.lineno} {node.name} ({lines} lines)")
     return found
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuner import confirm
-from tuner.confirm import SEED_LABEL, Candidate, Recipe
+from tuner.confirm import report
+from tuner.confirm.recipe import Recipe
+from tuner.confirm.report import SEED_LABEL, Candidate
 from tuner.space import SEED_CONFIG
 
 A = {"lr": 0.05, "momentum": 0.9, "batch_size": 32}
@@ -24,15 +25,15 @@ def trials(rows):
 def test_candidates_are_the_top_distinct_configs_then_the_seeds():
     t = trials([(SEED_CONFIG, 73.2, "finished"), (A, 98.9, "finished"), (dict(A), 98.9, "stopped"),
                 (B, 99.1, "diverged"), (C, 98.7, "stopped"), (B, 98.0, "finished"), (C, 99.5, "errored")])
-    got = confirm.candidates(t, 3)
+    got = report.candidates(t, 3)
     assert [c.label for c in got] == ["trial 2", "trial 5", "trial 6", SEED_LABEL]  # A once; diverged/errored never
     assert [c.config for c in got] == [A, C, B, SEED_CONFIG]
     assert [c.proxy_val_acc for c in got] == [98.9, 98.7, 98.0, 73.2] and got[0].trial_id == "t2"
-    assert [c.label for c in confirm.candidates(t, 1)] == ["trial 2", SEED_LABEL]
+    assert [c.label for c in report.candidates(t, 1)] == ["trial 2", SEED_LABEL]
     # a search whose seed's-config trial failed still confirms against the seed's config, unscored
-    assert confirm.candidates(t.iloc[1:], 1)[-1] == Candidate(SEED_LABEL, SEED_CONFIG, None)
+    assert report.candidates(t.iloc[1:], 1)[-1] == Candidate(SEED_LABEL, SEED_CONFIG, None)
     with pytest.raises(ValueError, match="no finished trial besides the seed's config"):
-        confirm.candidates(t.iloc[:1], 3)
+        report.candidates(t.iloc[:1], 3)
 
 
 def summaries(vals):
@@ -43,16 +44,16 @@ CANDS = [Candidate("trial 2", A, 98.9), Candidate("trial 5", C, 98.7), Candidate
 
 
 def test_the_winner_is_chosen_on_val_and_the_verdict_takes_the_best_searched():
-    winner, challenger, why = confirm.select(CANDS, summaries({"trial 2": 98.8, "trial 5": 99.0, SEED_LABEL: 98.5}))
+    winner, challenger, why = report.select(CANDS, summaries({"trial 2": 98.8, "trial 5": 99.0, SEED_LABEL: 98.5}))
     assert winner is challenger is CANDS[1]
     assert why.startswith("highest mean val_acc over 1 seed(s) on the whole val split: 99.00%")
-    winner, challenger, _ = confirm.select(CANDS, summaries({"trial 2": 98.8, "trial 5": 99.0, SEED_LABEL: 99.2}))
+    winner, challenger, _ = report.select(CANDS, summaries({"trial 2": 98.8, "trial 5": 99.0, SEED_LABEL: 99.2}))
     assert (winner, challenger) == (CANDS[2], CANDS[1])
-    rank, warnings = confirm.ranking(CANDS, summaries({"trial 2": 98.8, "trial 5": 99.0, SEED_LABEL: 99.2}), winner)
+    rank, warnings = report.ranking(CANDS, summaries({"trial 2": 98.8, "trial 5": 99.0, SEED_LABEL: 99.2}), winner)
     assert rank["tau"] == pytest.approx(-1.0) and rank["labels"] == ["trial 2", "trial 5", SEED_LABEL]
     assert any("Kendall tau -1.00" in w for w in warnings)
     assert any("scored the seed's config below trial 2" in w and "confirmation ranks it first" in w for w in warnings)
-    rank, warnings = confirm.ranking(CANDS, summaries({"trial 2": 99.1, "trial 5": 99.0, SEED_LABEL: 98.2}), CANDS[0])
+    rank, warnings = report.ranking(CANDS, summaries({"trial 2": 99.1, "trial 5": 99.0, SEED_LABEL: 98.2}), CANDS[0])
     assert rank["tau"] == pytest.approx(1.0) and warnings == []
 
 
@@ -74,8 +75,10 @@ def flipped(n_wrong, seed):
 def test_report_records_every_run_the_winner_tau_and_a_verdict():
     runs = {"trial 2": [run(s, 99.0 + s / 10, flipped(60, s)) for s in (1, 2, 3)],
             "trial 5": [run(s, 98.7, flipped(90, 10 + s)) for s in (1, 2, 3)],
-            SEED_LABEL: [run(s, 98.4, flipped(150, 20 + s)) for s in (1, 2, 3)]}
-    rep = confirm.report(CANDS, runs, LABELS, Recipe(3, 4, 8500))
+            # 149, 150, 151 wrong: the seeds' differences spread, so the paired t interval applies (equal
+            # differences would pool the seeds' 30k images into a bootstrap: ~25 s of BCa's jackknife)
+            SEED_LABEL: [run(s, 98.4, flipped(148 + s, 20 + s)) for s in (1, 2, 3)]}
+    rep = report.report(CANDS, runs, LABELS, Recipe(3, 4, 8500))
     assert rep["winner"]["label"] == "trial 2" and rep["best"]["label"] == "trial 2"
     assert rep["best"]["test_acc"] == pytest.approx([99.4] * 3)
     assert rep[SEED_LABEL]["test_acc_mean"] == pytest.approx(98.5)
@@ -83,7 +86,7 @@ def test_report_records_every_run_the_winner_tau_and_a_verdict():
     assert rep["comparison"]["outcome"] in ("better_on_every_seed", "better")
     assert rep["comparison"]["verdict"].startswith("the confirmed winner (trial 2) beats the seed's config")
     assert rep["comparison"]["verdict"].endswith("at 4 epochs on 8,500 images, 3 seeds")
-    lines = confirm.lines(rep)
+    lines = report.lines(rep)
     assert lines[-2].startswith("confirmed winner: trial 2") and lines[-1] == rep["comparison"]["verdict"]
     assert any(line.startswith("proxy vs confirmation ranking of 3 configs: Kendall tau +1.00") for line in lines)
 
@@ -91,7 +94,7 @@ def test_report_records_every_run_the_winner_tau_and_a_verdict():
 def test_the_seeds_60k_recipe_has_nothing_to_select():
     cands = [Candidate("best", A, 98.9), Candidate(SEED_LABEL, SEED_CONFIG)]
     runs = {"best": [run(1, None, flipped(60, 1))], SEED_LABEL: [run(1, None, flipped(70, 2))]}
-    rep = confirm.report(cands, runs, LABELS, Recipe(1, 20, None, "train+val"))
+    rep = report.report(cands, runs, LABELS, Recipe(1, 20, None, "train+val"))
     assert rep["winner"]["label"] == "best" and rep["winner"]["why"].startswith("one config besides the seed's")
     assert rep["ranking"] == {} and rep["budget"]["select_images"] == 0
     assert rep["comparison"]["verdict"].endswith("at 20 epochs on 60k images, 1 seed")

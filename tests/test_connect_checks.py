@@ -9,7 +9,7 @@ import ray
 from ray._private import services
 from raysession import free_port
 
-from tuner import cluster
+from tuner.run import cluster
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ extension of a smoke search warm-starts Optuna with its parent's trials and pick
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -120,20 +121,20 @@ def test_a_parent_without_a_recorded_space_is_accepted_when_its_trials_fit(tmp_p
 
 
 @pytest.mark.slow
-def test_extend_a_smoke_search(tmp_path):
-    """A 3-trial parent, then 2 more trials warm-started from it: Optuna's study in the extension
-    starts with the parent's trials and their rewards; best_config.json is the best of all five."""
+def test_extend_a_smoke_search(searched, tmp_path):
+    """The session's smoke search as the parent (its summary folder, all --extend reads), then 2 more
+    trials warm-started from it: Optuna's study in the extension starts with the parent's trials and
+    their rewards; best_config.json is the best of the parent's and the extension's trials."""
     out = tmp_path / "results"
+    shutil.copytree(searched.folder, out / "p", ignore=shutil.ignore_patterns("runs", "*.pt", "*.npz"))
     base = ["--out", str(out), "--no-retrain", "--max-concurrent", "1"]
     try:
-        assert search.main(["--smoke-test", "--num-samples", "3", "--max-epochs", "1", "--train-size", "256",
-                            "--eval-size", "200", "--name", "p", *base]) == 0
-        ray.shutdown()
         assert search.main(["--extend", "p", "--num-samples", "2", "--name", "x", *base]) == 0
     finally:
         ray.shutdown()
     parent, child = (pd.read_csv(out / n / "trials.csv") for n in ("p", "x"))
-    assert len(parent) == 3 and len(child) == 2
+    n = len(parent)
+    assert n == len(searched.trials) and len(child) == 2
     # the seed's config is not rerun: its baseline comes from the parent
     assert {p: parent.iloc[0][p] for p in PARAMS} == SEED_CONFIG
     assert not any({p: r[p] for p in PARAMS} == SEED_CONFIG for _, r in child.iterrows())
@@ -143,14 +144,15 @@ def test_extend_a_smoke_search(tmp_path):
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(out / "ray" / "x"))
     trials = searcher._ot_study.trials
-    assert len(trials) == 5  # 3 warm-start trials told to TPE, then the 2 it suggested
-    for t, (_, row) in zip(trials[:3], parent.iterrows(), strict=False):
+    told = parent[parent["status"] != "errored"]  # the parent's trials TPE is told, with their rewards
+    assert len(trials) == len(told) + 2  # then the 2 it suggested
+    for t, (_, row) in zip(trials[:len(told)], told.iterrows(), strict=True):
         assert t.params == {"lr": row.lr, "momentum": row.momentum, "batch_size": row.batch_size}
-        assert t.value == row.last_val_acc
+        assert t.value == (CHANCE_ACC if row.status == "diverged" else row.last_val_acc)
 
     best = json.loads((out / "best_config.json").read_text())
     assert best == json.loads((out / "x" / "best_config.json").read_text())
-    assert best["extends"] == "p" and best["trials_with_parents"] == 5 and best["parent_space"] == "recorded"
+    assert best["extends"] == "p" and best["trials_with_parents"] == n + 2 and best["parent_space"] == "recorded"
     both = pd.concat([parent.assign(experiment="p"), child.assign(experiment="x")], ignore_index=True)
     ok = both[both["status"].isin(["finished", "stopped"])]
     top = ok.loc[ok["best_val_acc"].idxmax()]
@@ -158,7 +160,9 @@ def test_extend_a_smoke_search(tmp_path):
     assert best["seed_config_val_acc"] == parent.iloc[0].best_val_acc
     assert json.loads((out / "x" / "extends.json").read_text())["extends"] == "p"
     settings = json.loads((out / "x" / "search_settings.json").read_text())
-    assert settings == {**json.loads((out / "p" / "search_settings.json").read_text()), "num_samples": 2}
+    # the parent's settings, but for what an extension may change (its trial count, its concurrency)
+    assert settings == {**json.loads((out / "p" / "search_settings.json").read_text()), "num_samples": 2,
+                        "max_concurrent": 1}
 
 
 def test_an_extension_of_an_extension_warm_starts_from_the_whole_lineage(tmp_path):

@@ -9,7 +9,9 @@ import torch
 from mnist_net import engine, runtime
 from mnist_net.config import TrainConfig
 from mnist_net.model import Net
-from tuner import calibrate, resources, trainable
+from tuner import worker
+from tuner.plan import calibrate, placement
+from tuner.run import trainable
 
 CUDA = torch.device("cuda")
 
@@ -130,12 +132,12 @@ GB = 10**9
 
 
 def test_the_plan_caps_trials_per_gpu_by_its_free_memory():
-    free_24gb_card = {"GPU": 1, "CPU": 32, resources.GPU_FREE_KEY: 22 * GB}
-    p = resources.place([free_24gb_card], gpus_per_trial=1 / 16)
+    free_24gb_card = {"GPU": 1, "CPU": 32, placement.GPU_FREE_KEY: 22 * GB}
+    p = placement.place([free_24gb_card], gpus_per_trial=1 / 16)
     assert p.concurrent == 7 and p.gpu_per_trial == pytest.approx(1 / 7)  # 22 x 0.9 / 2.5 GB
     assert "GPU memory holds 7" in p.describe()
-    assert resources.place([{"GPU": 1, "CPU": 32}], gpus_per_trial=1 / 16).concurrent == 16  # not measured
-    big = resources.place([{"GPU": 1, "CPU": 8, resources.GPU_FREE_KEY: 140 * GB}])
+    assert placement.place([{"GPU": 1, "CPU": 32}], gpus_per_trial=1 / 16).concurrent == 16  # not measured
+    big = placement.place([{"GPU": 1, "CPU": 8, placement.GPU_FREE_KEY: 140 * GB}])
     assert (big.gpu_per_trial, big.concurrent) == (0.25, 4)
 
 
@@ -161,7 +163,7 @@ def test_a_smaller_chunk_trains_the_same_batches(small):
 
 
 def test_cuda_out_of_memory_is_one_line_naming_gpus_per_trial():
-    err = resources.explain_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    err = worker.explain_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n"
                                                        "GPU 0 has a total capacity of 23.6 GiB ..."), 0.0625)
     text = str(err)
     assert "\n" not in text and "--gpus-per-trial 0.125" in text and "16 trial(s) per GPU" in text
@@ -173,5 +175,5 @@ def test_cuda_out_of_memory_is_one_line_naming_gpus_per_trial():
 @pytest.mark.parametrize("gpu_id, visible, index", [("3", None, 3), ("3", "", 3), ("91", "90,91", 1),
                                                     (7, "5, 7", 1)])
 def test_rays_gpu_id_to_torchs_index(gpu_id, visible, index):
-    assert resources.gpu_index(gpu_id, visible) == index
+    assert worker.gpu_index(gpu_id, visible) == index
 

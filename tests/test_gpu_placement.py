@@ -10,7 +10,8 @@ import pytest
 import ray
 from raysession import Barrier, gpu_id_while_all_run
 
-from tuner import resources
+from tuner import worker
+from tuner.plan import placement
 
 FAKE_GPUS = "90,91"
 
@@ -24,7 +25,7 @@ def fake_gpu_ray():
         mp.setenv("CUDA_VISIBLE_DEVICES", FAKE_GPUS)
         ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="WARNING")
         try:
-            yield resources.alive_nodes()
+            yield placement.alive_nodes()
         finally:
             ray.shutdown()
 
@@ -37,7 +38,7 @@ def gpu_ids(n: int, share: float, cpus: int = 1) -> Counter:
 
 
 def test_the_plans_share_spreads_trials_over_both_gpus(fake_gpu_ray):
-    p = resources.place(fake_gpu_ray)
+    p = placement.place(fake_gpu_ray)
     assert (p.gpus, p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (2, 0.5, 1, 4)
     assert gpu_ids(p.concurrent, p.gpu_per_trial, p.cpu_per_trial) == Counter({"90": 2, "91": 2})
 
@@ -45,7 +46,7 @@ def test_the_plans_share_spreads_trials_over_both_gpus(fake_gpu_ray):
 def test_a_small_share_lets_ray_pile_trials_onto_the_first_gpu(fake_gpu_ray):
     # Why the plan raises the share: at 0.25 Ray fills GPU 90 before it uses GPU 91.
     assert gpu_ids(4, 0.25) == Counter({"90": 4})
-    p = resources.place(fake_gpu_ray, max_concurrent=2)
+    p = placement.place(fake_gpu_ray, max_concurrent=2)
     assert p.gpu_per_trial == 1.0
     assert gpu_ids(2, p.gpu_per_trial) == Counter({"90": 1, "91": 1})
 
@@ -58,7 +59,7 @@ def device_here() -> tuple[str, str | None, str]:
     import torch
 
     try:
-        outcome = str(resources.assigned_device())
+        outcome = str(worker.assigned_device())
     except ValueError as err:
         outcome = f"ValueError: {err}"
     return outcome, os.environ.get("CUDA_VISIBLE_DEVICES"), str(torch.cuda.is_available())

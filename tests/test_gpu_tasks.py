@@ -12,7 +12,8 @@ import ray
 from raysession import Barrier, gpu_id_while_all_run
 
 from mnist_net.config import TrainConfig
-from tuner import calibrate, resources
+from tuner import worker
+from tuner.plan import calibrate, placement
 
 FAKE_GPUS = "90,91"
 
@@ -26,7 +27,7 @@ def six_cpus_two_gpus():
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
         ray.init(address="local", num_cpus=6, num_gpus=2, include_dashboard=False, logging_level="WARNING")
         try:
-            yield resources.alive_nodes()
+            yield placement.alive_nodes()
         finally:
             ray.shutdown()
 
@@ -44,12 +45,12 @@ def test_rays_options_reuse_gpu_workers_and_refuse_max_calls(six_cpus_two_gpus):
 
 
 def test_a_gpu_task_never_runs_twice_in_one_worker(six_cpus_two_gpus):
-    p = resources.place(six_cpus_two_gpus, max_concurrent=2)
-    opts = resources.task_options(p, "run")
+    p = placement.place(six_cpus_two_gpus, max_concurrent=2)
+    opts = placement.task_options(p, "run")
     assert opts == {"num_cpus": 3, "num_gpus": 1.0, "name": "run", "max_calls": 1}
     task = ray.remote(**opts)(worker_pid)
     assert len({ray.get(task.remote()) for _ in range(3)}) == 3
-    assert "max_calls" not in resources.task_resources(1, 0.0, "cpu run")  # CPU workers keep their cache
+    assert "max_calls" not in placement.task_resources(1, 0.0, "cpu run")  # CPU workers keep their cache
 
 
 def fake_calibration_task(data_dir, base, threads) -> dict:
@@ -64,10 +65,10 @@ def test_calibration_tasks_on_gpus_each_get_a_fresh_worker(six_cpus_two_gpus, mo
 
 
 def test_six_runs_on_two_gpus_land_three_and_three(six_cpus_two_gpus):
-    p = resources.place(six_cpus_two_gpus, max_concurrent=6)  # what the confirm stage asks for 6 runs
+    p = placement.place(six_cpus_two_gpus, max_concurrent=6)  # what the confirm stage asks for 6 runs
     assert (p.gpu_per_trial, p.cpu_per_trial, p.concurrent) == (pytest.approx(1 / 3), 1, 6)
     barrier = Barrier.remote(6)
-    refs = [ray.remote(**resources.task_options(p, f"run{i}"))(gpu_id_while_all_run).remote(barrier)
+    refs = [ray.remote(**placement.task_options(p, f"run{i}"))(gpu_id_while_all_run).remote(barrier)
             for i in range(6)]
     assert Counter(ray.get(refs, timeout=120)) == Counter({"90": 3, "91": 3})
 
@@ -76,12 +77,12 @@ def device_without_set_cuda_visible_devices() -> tuple[str, str]:
     import torch
 
     torch.cuda.is_available = lambda: True  # this worker exits after the task (max_calls=1)
-    return str(resources.assigned_device()), str(ray.get_gpu_ids()[0])
+    return str(worker.assigned_device()), str(ray.get_gpu_ids()[0])
 
 
 def test_noset_cuda_visible_devices_trains_on_the_assigned_gpu(six_cpus_two_gpus):
-    opts = resources.task_resources(1, 1.0, "noset")
-    env = {"env_vars": {resources.NOSET_ENV: "1"}}
+    opts = placement.task_resources(1, 1.0, "noset")
+    env = {"env_vars": {worker.NOSET_ENV: "1"}}
     refs = [ray.remote(**opts, runtime_env=env)(device_without_set_cuda_visible_devices).remote()
             for _ in range(2)]
     found = dict((gpu, device) for device, gpu in ray.get(refs, timeout=120))
@@ -94,8 +95,8 @@ def fake_free_memory() -> int:
 
 
 def test_alive_nodes_adds_each_gpu_nodes_free_memory(six_cpus_two_gpus, monkeypatch):
-    assert resources.GPU_FREE_KEY not in six_cpus_two_gpus[0]  # no CUDA in the workers: not measured
-    monkeypatch.setattr(resources, "free_gpu_memory", fake_free_memory)
-    nodes = resources.alive_nodes()
-    assert nodes[0][resources.GPU_FREE_KEY] == 7 * 10**9
-    assert resources.place(nodes).memory_cap == 2  # 7 GB x 0.9 / 2.5 GB
+    assert placement.GPU_FREE_KEY not in six_cpus_two_gpus[0]  # no CUDA in the workers: not measured
+    monkeypatch.setattr(placement, "free_gpu_memory", fake_free_memory)
+    nodes = placement.alive_nodes()
+    assert nodes[0][placement.GPU_FREE_KEY] == 7 * 10**9
+    assert placement.place(nodes).memory_cap == 2  # 7 GB x 0.9 / 2.5 GB

@@ -1,5 +1,6 @@
 """The package's import graph, read from the source (imports inside functions too): no circles
-inside tuner or mnist_net, and mnist_net never imports the tuner, Ray or Optuna."""
+inside tuner or mnist_net, none between tuner's stage folders, and mnist_net never imports the
+tuner, Ray or Optuna."""
 
 import ast
 from pathlib import Path
@@ -14,8 +15,10 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             top = node.module.split(".")[0]
-            if node.module in PACKAGES:  # from tuner import budget, stats
-                found |= {f"{node.module}.{a.name}" for a in node.names}
+            folder = ROOT / node.module.replace(".", "/")
+            if folder.is_dir():  # from tuner import space; from tuner.run import study
+                found |= {f"{node.module}.{a.name}" if (folder / f"{a.name}.py").exists() else node.module
+                          for a in node.names}
             elif top in PACKAGES:
                 found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -26,9 +29,21 @@ def imports(path: Path) -> set[str]:
 def graph() -> dict[str, set[str]]:
     out = {}
     for pkg in PACKAGES:
-        for path in (ROOT / pkg).glob("*.py"):
-            name = pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             out[name] = imports(path) - {name}
+    return out
+
+
+def rooms(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph with each of tuner's stage folders as one node (tuner.plan.budget -> tuner.plan)."""
+    def room(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    out = {}
+    for name, deps in g.items():
+        out.setdefault(room(name), set()).update(room(d) for d in deps if room(d) != room(name))
     return out
 
 
@@ -56,8 +71,16 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_circle_inside_the_packages():
     g = graph()
-    assert {"tuner.search", "tuner.budget", "tuner.calibrate", "mnist_net.engine"} <= set(g)
+    assert {"tuner.search", "tuner.plan.budget", "tuner.plan.calibrate", "mnist_net.engine"} <= set(g)
+    assert g["tuner.plan.search_plan"] >= {"tuner.plan.calibrate", "tuner.plan.placement"}  # submodules are read
     assert cycle(g) is None, " -> ".join(cycle(g))
+
+
+def test_no_circle_between_the_stage_folders():
+    folders = rooms(graph())
+    assert {"tuner.plan", "tuner.run", "tuner.publish", "tuner.confirm"} <= set(folders)
+    assert "tuner.plan" in folders["tuner.run"]  # the run stage reads the plan's SearchPlan
+    assert cycle(folders) is None, " -> ".join(cycle(folders))
 
 
 def test_the_checker_finds_a_circle():

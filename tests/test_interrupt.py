@@ -102,16 +102,18 @@ def test_a_second_ctrl_c_skips_rays_last_save_and_still_exits_130(tmp_path):
 def test_ctrl_c_in_the_confirm_stage_says_how_to_confirm_later(tmp_path, capfd, monkeypatch):
     """The search is published when its confirm stage starts: Ctrl-C there ends in one line naming
     the retrain command (its saved runs are reused), exit 130, no traceback."""
-    from tuner import planning, resources, retrain, search
+    from tuner import search
+    from tuner.confirm import stage
+    from tuner.plan import placement, search_plan
     from tuner.settings import SearchSettings
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(retrain, "confirm_search", interrupted)
+    monkeypatch.setattr(stage, "confirm_search", interrupted)
     exp = search.Experiment(SearchSettings(), {}, "s5-x", tmp_path, str(tmp_path / "ray"), "/data")
-    placement = resources.Placement(gpus=0, cpus=2, nodes=1, gpu_per_trial=0.0, cpu_per_trial=1, concurrent=2)
-    assert search.confirm_stage(exp, planning.SearchPlan(SearchSettings(), placement), time.monotonic()) == 130
+    placement = placement.Placement(gpus=0, cpus=2, nodes=1, gpu_per_trial=0.0, cpu_per_trial=1, concurrent=2)
+    assert search.confirm_stage(exp, search_plan.SearchPlan(SearchSettings(), placement), time.monotonic()) == 130
     err = capfd.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1
     assert err.strip().endswith(f"python -m tuner.retrain --search s5-x --results {tmp_path}")

@@ -6,16 +6,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tuner import search
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("nb-results")
-    assert search.main(["--smoke-test", "--out", str(out), "--name", "nb"]) == 0
-    return out
+def results(searched):
+    """The session's shared smoke search (tests/conftest.py): the notebook only reads it."""
+    assert searched.code == 0
+    return searched.out
 
 
 def run_notebook(results_dir, monkeypatch):
@@ -38,7 +36,7 @@ def test_notebook_reviews_a_search(results, monkeypatch):
     # sample grid, curves, misclassified, 3 Optuna plots, trial curves, retrain curves
     assert len(pngs) == 8
     text = "".join(o.get("text", "") for o in outputs(nb, lambda o: o.get("output_type") == "stream"))
-    assert "593,200" in text and "best config" in text and "experiment nb" in text
+    assert "593,200" in text and "best config" in text and "experiment smoke" in text
 
 
 def test_notebook_explains_missing_results(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import ray
 from raysession import clean_env
 
-from tuner import cluster
+from tuner.run import cluster
 
 
 def listening(pid: int) -> list[tuple[str, int]]:

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from tuner import resources
-from tuner.resources import DEFAULT_GPU_SHARE, place
+from tuner.plan import placement
+from tuner.plan.placement import DEFAULT_GPU_SHARE, place
 from tuner.search import build_parser
 from tuner.settings import DEFAULT_TIME_BUDGET_S, SMOKE, SearchSettings, fidelity_flags, from_args, with_default_budget
 
@@ -144,7 +144,7 @@ def test_alive_nodes_reads_only_alive_nodes(monkeypatch):
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}},
                                                {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
-    assert resources.alive_nodes() == [{"CPU": 2.0}]
+    assert placement.alive_nodes() == [{"CPU": 2.0}]
 
 
 # --- SearchSettings -------------------------------------------------------------------------

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 
-from tuner import cluster, publish, results
+from tuner import space
+from tuner.publish import results, writer
+from tuner.run import runner
 from tuner.space import EPOCH_METRICS, TIME_ATTR, optuna_distributions
 
 CONFIG = {"lr": 0.01, "momentum": 0.9, "batch_size": 32}
@@ -37,20 +39,20 @@ def test_tables_budget_marking_and_interrupt_check_read_one_trial_id_and_end():
     finished, by_asha, cut, errored = (result(1, 3, True), result(2, 1, True), result(3, 2, False),
                                        result(4, 0, None, error=RuntimeError("no GPU")))
     grid = Grid([finished, by_asha, cut, errored])
-    assert [results.ray_trial_id(r) for r in grid] == ["t1", "t2", "t3", "train_s5_t4_4_batch_size=32"]
-    assert [results.cut_short(r) for r in grid] == [False, False, True, False]
+    assert [space.ray_trial_id(r) for r in grid] == ["t1", "t2", "t3", "train_s5_t4_4_batch_size=32"]
+    assert [space.cut_short(r) for r in grid] == [False, False, True, False]
 
     trials, epochs = results.tables(grid, max_epochs=3)
     assert list(trials["status"]) == ["finished", "stopped", "stopped", "errored"]
     assert list(epochs.columns) == ["trial_id", "epoch", *EPOCH_METRICS, "peak_rss_mb"]
     assert list(epochs["trial_id"]) == ["t1"] * 3 + ["t2"] + ["t3"] * 2
-    marked = publish.mark_budget_stopped(trials, grid)
-    assert list(marked["status"]) == ["finished", "stopped", publish.BUDGET_STOPPED, "errored"]
+    marked = writer.mark_budget_stopped(trials, grid)
+    assert list(marked["status"]) == ["finished", "stopped", writer.BUDGET_STOPPED, "errored"]
     assert list(marked["stopped_early"]) == [False, True, False, False]
 
-    assert cluster.unfinished(grid, num_samples=4)  # the cut trial
-    assert not cluster.unfinished(Grid([finished, by_asha, errored]), num_samples=3)
-    assert cluster.unfinished(Grid([finished, by_asha, errored]), num_samples=4)  # one never started
+    assert runner.unfinished(grid, num_samples=4)  # the cut trial
+    assert not runner.unfinished(Grid([finished, by_asha, errored]), num_samples=3)
+    assert runner.unfinished(Grid([finished, by_asha, errored]), num_samples=4)  # one never started
 
 
 def study_of(n_trials: int) -> optuna.Study:

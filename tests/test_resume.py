@@ -6,26 +6,33 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import torch
+from helpers_search import MAX_EPOCHS, NUM_SAMPLES, run_search
 from raysession import clean_env, kill_session, session_pids
 
 from mnist_net.config import TrainConfig
 from mnist_net.engine import fit
-from tuner import search
+from tuner.run.trainable import to_train_config
 from tuner.settings import SMOKE
-from tuner.trainable import to_train_config
+from tuner.space import PARAMS
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes in /proc")]
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_EPOCHS = 3  # the 2nd checkpoint at epoch 2 forces Ray to snapshot the experiment state
+# The session search's preset (tests/helpers_search.py): the 2nd checkpoint at epoch 2 forces Ray to snapshot
+# the experiment state.
+# An experiment the flat layout (tuner/*.py, commit 4997d4a, before the stage folders) saved, made there by
+# `python -m tuner.search --smoke-test --no-confirm --num-samples 4 --max-epochs 2 --train-size 4096
+# --eval-size 200 --max-concurrent 1 --name old` stopped with Ctrl-C after 3 trials had ended, the 4th
+# started; the ended trials' checkpoints were then removed (a resume never loads them): 30 kB.
+FLAT_LAYOUT = ROOT / "tests" / "data" / "experiment-flat-layout-4997d4a.tar.gz"
 
 
 def snapshot(experiment: Path) -> dict[str, dict] | None:
@@ -86,11 +93,15 @@ def uninterrupted_val_acc(config: dict, splits) -> list[float]:
     return [e.val_acc for e in history.epochs]
 
 
-def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits):
+def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searched, capfd):
+    """SIGKILL mid-trial, then --resume: the ended trial is kept, the interrupted one goes on from its
+    checkpoint, and TPE proposes what the uninterrupted session search (tests/conftest.py, the same
+    preset, seed and trial count) proposed, config for config: the seed's config and the smoke points
+    are not replayed (a resume used to enqueue them again)."""
     out = tmp_path / "results"
     experiment = out / "ray" / "r"
-    argv = ["--smoke-test", "--num-samples", "3", "--max-concurrent", "1", "--max-epochs", str(MAX_EPOCHS),
-            "--no-retrain", "--name", "r", "--out", str(out)]
+    argv = ["--smoke-test", "--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1", "--max-epochs",
+            str(MAX_EPOCHS), "--no-retrain", "--name", "r", "--out", str(out)]
     log = tmp_path / "first_run.log"
     with open(log, "w") as fh:
         # its own session: the search, the local Ray it starts and Ray's workers are all in it
@@ -127,20 +138,19 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits):
     assert [r["training_iteration"] for r in interrupted_before] == list(range(1, k + 1))
     assert not (out / "r" / "trials.csv").exists()  # it never got that far
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        try:
-            code = search.main(["--resume", "--name", "r", "--out", str(out), "--no-retrain"])
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-    assert code == 0
+    capfd.readouterr()
+    assert run_search(["--resume", "--name", "r", "--out", str(out), "--no-retrain"]) == 0
+    said = "".join(capfd.readouterr())
+    # as quiet as a new search: no Ray table, no Optuna log line
+    assert "Using an existing study" not in said and "Trial status" not in said, said
 
     final = snapshot(experiment)
-    assert len(final) == 3 and {s["status"] for s in final.values()} == {"TERMINATED"}
+    assert len(final) == NUM_SAMPLES and {s["status"] for s in final.values()} == {"TERMINATED"}
     trials = pd.read_csv(out / "r" / "trials.csv")
-    assert list(trials["trial"]) == [1, 2, 3]
-    assert set(trials["status"]) <= {"finished", "stopped"}
+    assert list(trials["trial"]) == list(range(1, NUM_SAMPLES + 1))
+    assert set(trials["status"]) <= {"finished", "stopped", "diverged"}
+    # proposal for proposal (TPE's first 10 trials are seeded random draws: the same at any concurrency)
+    pd.testing.assert_frame_equal(trials[list(PARAMS)], searched.trials[list(PARAMS)])
 
     # the finished trial was kept, not rerun: its result log is byte for byte the same
     assert (next(experiment.glob(f"train_s5_{done}_*")) / "result.json").read_bytes() == done_before
@@ -160,3 +170,21 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits):
     assert (row["status"], row["epochs_run"]) == ("finished", MAX_EPOCHS)
     epochs = pd.read_csv(out / "r" / "trial_epochs.csv")
     assert list(epochs[epochs["trial_id"] == interrupted]["epoch"]) == list(range(1, MAX_EPOCHS + 1))
+
+
+def test_an_experiment_saved_by_the_flat_layout_resumes(tmp_path):
+    """Ray pickled that experiment's searcher and progress callback as tuner.searcher and tuner.progress:
+    their old paths still import (tuner/__init__.py), so the stage folders' code resumes it to the end."""
+    out = tmp_path / "results"
+    with tarfile.open(FLAT_LAYOUT) as tar:
+        tar.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    pickled = (out / "ray" / "old" / "tuner.pkl").read_bytes()
+    assert b"tuner.searcher" in pickled and b"tuner.progress" in pickled
+    before = snapshot(out / "ray" / "old")
+    ended = {t: s["iteration"] for t, s in before.items() if s["status"] == "TERMINATED"}
+    assert len(before) == 4 and len(ended) == 3
+    assert run_search(["--resume", "--name", "old", "--out", str(out), "--no-confirm"]) == 0
+    trials = pd.read_csv(out / "old" / "trials.csv")
+    assert sorted(trials["trial_id"]) == sorted(before) and (trials["status"] != "errored").all()
+    assert {r.trial_id: r.epochs_run for r in trials.itertuples() if r.trial_id in ended} == ended
+    assert (trials["epochs_run"] >= 1).all()  # the interrupted 4th trial trained after the resume

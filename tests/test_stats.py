@@ -1,4 +1,4 @@
-"""tuner.stats on constructed predictions: known discordant counts, checked against scipy directly."""
+"""tuner.confirm.stats on constructed predictions: known discordant counts, checked against scipy directly."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from tuner import stats
+from tuner.confirm import stats
 
 N = 10_000
 
@@ -53,10 +53,11 @@ def test_paired_t_ci_is_scipy_ttest_rel_interval():
 
 
 def test_bootstrap_ci_covers_the_difference_and_is_reproducible():
-    a, b = paired(b=200, c=50, both=9_500)
+    # 1,000 images: BCa's jackknife costs n^2 (10k images take ~5 s a call on 2 cores)
+    a, b = paired(b=20, c=5, both=950, n=1_000)
     low, high = stats.bootstrap_ci(a, b)
-    assert low < 1.5 < high  # the observed difference, 100 * (200 - 50) / 10k
-    assert low > 0  # 200 vs 50 discordant: clearly better
+    assert low < 1.5 < high  # the observed difference, 100 * (20 - 5) / 1k
+    assert low > 0  # 20 vs 5 discordant: clearly better
     ref = sp.bootstrap((a.astype(float), b.astype(float)), lambda x, y, axis: 100 * (x.mean(axis) - y.mean(axis)),
                        paired=True, vectorized=True, n_resamples=stats.BOOTSTRAP_RESAMPLES,
                        random_state=stats.BOOTSTRAP_SEED)
@@ -66,8 +67,8 @@ def test_bootstrap_ci_covers_the_difference_and_is_reproducible():
 
 
 def test_compare_picks_the_method_by_seed_count():
-    one = stats.compare(*map(list, zip(paired(200, 50, 9_500))))
-    assert one["ci_method"].startswith("paired bootstrap") and one["mcnemar"][0]["b"] == 200
+    one = stats.compare(*map(list, zip(paired(20, 5, 950, n=1_000))))  # 1k images: BCa's jackknife is n^2
+    assert one["ci_method"].startswith("paired bootstrap") and one["mcnemar"][0]["b"] == 20
     assert one["mean_diff_pp"] == pytest.approx(1.5) and one["ci_low_pp"] > 0
     runs = [paired(60 + 10 * s, 20, 9_800, seed=s) for s in range(3)]
     three = stats.compare([r[0] for r in runs], [r[1] for r in runs])
@@ -77,7 +78,7 @@ def test_compare_picks_the_method_by_seed_count():
     assert (three["ci_low_pp"], three["ci_high_pp"]) == pytest.approx((ci.low, ci.high))
     assert three["diff_pp"] == pytest.approx([0.4, 0.5, 0.6])
     # two seeds that differ by exactly the same amount: the t interval has no width, so the images decide
-    same = [paired(70, 20, 9_800, seed=s) for s in range(2)]
+    same = [paired(7, 2, 980, n=1_000, seed=s) for s in range(2)]
     pooled = stats.compare([r[0] for r in same], [r[1] for r in same])
     assert "all seeds pooled" in pooled["ci_method"]
     assert pooled["ci_low_pp"] < 0.5 < pooled["ci_high_pp"] and pooled["ci_low_pp"] > 0

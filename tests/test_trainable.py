@@ -13,9 +13,9 @@ from mnist_net import train as train_cli
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.engine import EpochRecord, EvalStats, build_training, fit
-from tuner import trainable
+from tuner.run import trainable
+from tuner.run.trainable import AUTO_CHECKPOINT_RATIO, CHECKPOINT_FILE, CheckpointPolicy
 from tuner.space import REPORTED, SEED_CONFIG
-from tuner.trainable import AUTO_CHECKPOINT_RATIO, CHECKPOINT_FILE, CheckpointPolicy
 
 CPU = torch.device("cpu")
 CFG = TrainConfig(epochs=2, train_split="train", train_size=256, eval_size=100, batch_size=64, seed=3)

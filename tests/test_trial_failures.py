@@ -22,11 +22,15 @@ from ray import cloudpickle, tune
 from mnist_net import files
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR
-from tuner import cluster, publish, resources, run, search
-from tuner.planning import SearchPlan
+from tuner import search
+from tuner.plan import placement
+from tuner.plan.search_plan import SearchPlan
+from tuner.publish import writer
+from tuner.run import cluster, runner
+from tuner.run.storage import resolve_storage
+from tuner.run.trainable import train_s5
 from tuner.settings import SearchSettings
 from tuner.space import CHANCE_ACC, PARAMS, SEED_CONFIG
-from tuner.trainable import train_s5
 
 HUGE_LR = 1e5  # two SGD steps at this lr leave non-finite weights behind
 MAX_FAILURES = 2  # tuner.search.build_tuner's FailureConfig
@@ -75,7 +79,7 @@ def searched(tmp_path_factory):
     marks, out = tmp / "marks", tmp / "results"
     (marks / "attempts").mkdir(parents=True)
     (marks / "claims").mkdir()
-    name, storage = "faults", cluster.resolve_storage(None, out)
+    name, storage = "faults", resolve_storage(None, out)
     settings = SearchSettings(num_samples=4, max_epochs=2, train_size=1024, eval_size=200,
                               max_concurrent=2, fidelity_mode="smoke")
     with pytest.MonkeyPatch.context() as mp:
@@ -83,18 +87,18 @@ def searched(tmp_path_factory):
         mp.delenv("RAY_AUTH_MODE", raising=False)  # Ray's own default: token auth on
         try:
             cluster.connect(None, dashboard=False)
-            plan = resources.place(resources.alive_nodes(), max_concurrent=settings.max_concurrent)
+            plan = placement.place(placement.alive_nodes(), max_concurrent=settings.max_concurrent)
             base = TrainConfig(epochs=settings.max_epochs, train_split="train", train_size=settings.train_size,
                                eval_size=settings.eval_size, seed=settings.seed)
             trainable = tune.with_resources(
                 tune.with_parameters(faulty_train_s5, marks=str(marks), base=base,
                                      data_dir=str(DEFAULT_DATA_DIR)), plan.resources)
             start = time.time()
-            grid = run.build_tuner(trainable, settings, plan, storage, name).fit()
+            grid = runner.build_tuner(trainable, settings, plan, storage, name).fit()
             summary = out / name
             summary.mkdir()
             settings.save(summary / "search_settings.json")  # as tuner.search.start_summary does
-            best = publish.write_search_results(grid, settings, plan, storage, summary, out, name,
+            best = writer.write_search_results(grid, settings, plan, storage, summary, out, name,
                                                 time.time() - start)
             yield SimpleNamespace(grid=grid, best=best, marks=marks, out=out, summary=summary, name=name,
                                   settings=settings, plan=plan, storage=storage,
@@ -122,7 +126,7 @@ class TestTrialFaults:
         logs = {p.name: p.read_text().split()[0] for p in (searched.marks / "attempts").iterdir()}
         assert sorted(logs) == sorted(trials["trial_id"])
         assert sorted(logs.values()) == ["always_fails", "diverges", "fails_once", "plain"]
-        assert not cluster.unfinished(searched.grid, searched.settings.num_samples)
+        assert not runner.unfinished(searched.grid, searched.settings.num_samples)
 
     def test_a_trial_that_fails_once_is_retried_and_finishes(self, searched):
         row, attempts = self.role(searched, "fails_once")
@@ -176,7 +180,7 @@ class TestTrialFaults:
         before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "ray" not in p.relative_to(out).parts}
         disk = FillingDisk(out / fails_on)
         monkeypatch.setattr(files, "atomic_path", disk)
-        monkeypatch.setattr(run, "build_tuner", lambda *args: FinishedTuner(searched.grid, disk))
+        monkeypatch.setattr(runner, "build_tuner", lambda *args: FinishedTuner(searched.grid, disk))
         monkeypatch.setattr(search.cluster, "disconnect", lambda: None)  # the class's Ray stays up
         exp = search.Experiment(searched.settings, {}, searched.name, out, searched.storage, str(DEFAULT_DATA_DIR),
                                  confirm=False)
@@ -238,7 +242,7 @@ class FinishedTuner:
 
 def test_no_finished_trial_means_no_best_config():
     """When every trial errored or diverged there is nothing to choose: a named error, not an index crash."""
-    from tuner.results import NoFinishedTrial, best_trial
+    from tuner.publish.results import NoFinishedTrial, best_trial
 
     trials = pd.DataFrame({"trial_id": ["a", "b"], "status": ["errored", "diverged"],
                            "best_val_acc": [float("nan"), CHANCE_ACC]})

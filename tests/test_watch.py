@@ -2,71 +2,29 @@
 progress line, its live Optuna study, TensorBoard events, MLflow runs and the checkpoints it
 leaves; then --resume on a locked or corrupt study, and bad --mlflow URIs."""
 
-import io
 import json
 import re
 import sqlite3
 import struct
-import threading
-import time
-from contextlib import redirect_stderr
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
 import ray
+from helpers_search import MAX_EPOCHS, run_search
 from raysession import free_port
 
-from tuner import progress, search, tracking
+from tuner import search
+from tuner.run import progress, tracking
 
 pytestmark = pytest.mark.slow
 
 
-def run_search(argv: list[str]) -> int:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        try:
-            return search.main(argv)
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-
-
-def watch_study(db: Path, name: str, done: threading.Event, seen: list) -> None:
-    """Poll the study as optuna-dashboard would; record the first sight of a trial with
-    intermediate values, and whether the search had published anything by then."""
-    while not done.is_set():
-        if db.is_file():
-            try:
-                s = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-                with_values = [t for t in s.get_trials(deepcopy=False) if t.intermediate_values]
-                if with_values:
-                    seen.append({"published": (db.parent / "best_config.json").exists(),
-                                 "running": any(t.state.name == "RUNNING" for t in s.trials)})
-                    return
-            except (KeyError, Exception):  # created but not yet holding the study: poll again
-                pass
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
-def watched(tmp_path_factory):
-    out = tmp_path_factory.mktemp("watch") / "results"
-    mlruns = f"file://{out.parent / 'mlruns'}"
-    done, seen, err = threading.Event(), [], io.StringIO()
-    watcher = threading.Thread(target=watch_study, args=(out / "w" / "study.db", "w", done, seen), daemon=True)
-    watcher.start()
-    try:
-        with redirect_stderr(err):  # the progress line (tqdm writes to stderr)
-            code = run_search(["--smoke-test", "--no-confirm", "--out", str(out), "--name", "w", "--mlflow", mlruns])
-    finally:
-        done.set()
-        watcher.join()
-    folder = out / "w"
-    return SimpleNamespace(code=code, out=out, folder=folder, err=err.getvalue(), seen=seen, mlruns=mlruns,
-                           trials=pd.read_csv(folder / "trials.csv"), ray=out / "ray" / "w")
+def watched(searched):
+    """The session's shared smoke search (tests/conftest.py), watched while it ran."""
+    return searched
 
 
 def test_progress_line_ends_with_every_trial_and_the_best(watched):
@@ -76,8 +34,9 @@ def test_progress_line_ends_with_every_trial_and_the_best(watched):
     counts = t["status"].value_counts()
     ok = t[t["status"].isin(["finished", "stopped"])]
     top = ok.loc[ok["best_val_acc"].idxmax()]
-    assert last.startswith(f"search 4/4 [{counts.get('finished', 0)} finished, "
-                           f"{counts.get('stopped', 0) + counts.get('diverged', 0)} stopped, 0 running]")
+    n, diverged = len(t), counts.get("diverged", 0)
+    assert last.startswith(f"search {n}/{n} [{counts.get('finished', 0)} finished, {counts.get('stopped', 0)} "
+                           f"stopped, 0 running" + (f", {diverged} diverged]" if diverged else "]"))
     assert f"best {top.best_val_acc:.2f}% (lr {top.lr:.3g}, m {top.momentum:.3f}, bs {top.batch_size})" in last
     assert re.search(r"\| \d+:\d\d < ETA 0:00$", last), last
     assert "Configuration for experiment" not in watched.err  # Ray's tables only with --verbose
@@ -85,7 +44,7 @@ def test_progress_line_ends_with_every_trial_and_the_best(watched):
 
 def test_study_is_live_before_the_search_ends(watched):
     assert watched.seen and not watched.seen[0]["published"] and watched.seen[0]["running"]
-    study = optuna.load_study(study_name="w", storage=f"sqlite:///{watched.folder / 'study.db'}")
+    study = optuna.load_study(study_name=watched.name, storage=f"sqlite:///{watched.folder / 'study.db'}")
     epochs = pd.read_csv(watched.folder / "trial_epochs.csv")
     for ft, row in zip(study.trials, watched.trials.itertuples(), strict=True):
         assert ft.user_attrs == {"ray_trial_id": row.trial_id, "status": row.status, "epochs_run": row.epochs_run}
@@ -131,12 +90,14 @@ def test_mlflow_has_a_parent_run_and_one_nested_run_per_trial(watched):
     uri, parent = tracking.parent_of(watched.folder)
     client = tracking._client(uri)
     run = client.get_run(parent)
-    assert run.info.run_name == "w" and run.info.status == "FINISHED"
-    assert run.data.params["max_epochs"] == "2" and run.data.params["fidelity_mode"] == "smoke"
+    assert run.info.run_name == watched.name and run.info.status == "FINISHED"
+    assert run.data.params["max_epochs"] == str(MAX_EPOCHS) and run.data.params["fidelity_mode"] == "smoke"
     best = json.loads((watched.folder / "best_config.json").read_text())
-    assert run.data.metrics["best_val_acc"] == pytest.approx(best["val_acc"])
+    assert run.data.metrics["best_val_acc"] == pytest.approx(best["proxy_best"]["val_acc"])  # the search's own best
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    by_trial = {r.info.run_name.rsplit("_", 1)[-1]: r for r in children}
+    (confirm,) = [r for r in children if r.data.tags.get("stage") == "confirm"]  # the confirm stage's report
+    assert confirm.info.run_name == f"{watched.name}-confirm"
+    by_trial = {r.info.run_name.rsplit("_", 1)[-1]: r for r in children if r is not confirm}
     assert set(by_trial) == set(watched.trials["trial_id"])
     for row in watched.trials.itertuples():
         child = by_trial[row.trial_id]
@@ -150,7 +111,7 @@ def test_mlflow_has_a_parent_run_and_one_nested_run_per_trial(watched):
 
 
 def test_finished_search_keeps_only_the_best_trials_last_checkpoint(watched):
-    best = json.loads((watched.folder / "best_config.json").read_text())
+    best = json.loads((watched.folder / "best_config.json").read_text())["proxy_best"]  # the search's best
     left = sorted(p.parent.name for p in watched.ray.glob("*/checkpoint_*"))
     assert len(left) == 1 and f"_{best['trial_id']}_" in left[0]
     assert re.search(r"storage .*: [\d.]+ MB \(removed \d+ checkpoints", watched.err)
@@ -167,7 +128,7 @@ def test_resume_with_a_locked_or_corrupt_study_says_so_and_changes_nothing(watch
         else:
             db.write_bytes(b"not a database" * 100)
         capfd.readouterr()
-        code = run_search(["--resume", "--name", "w", "--out", str(watched.out), "--no-confirm"])
+        code = run_search(["--resume", "--name", watched.name, "--out", str(watched.out), "--no-confirm"])
         err = capfd.readouterr().err
     finally:
         lock.close()

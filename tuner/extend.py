@@ -1,12 +1,9 @@
 """Extend a finished search: K more trials in a new experiment whose TPE starts from its trials.
 
-`python -m tuner.search --extend NAME --num-samples K`. Ray's Tuner.restore only resumes an
-interrupted experiment (ray #18847, #30223), so the extension is a new experiment, warm-started
-with OptunaSearch's points_to_evaluate + evaluated_rewards: every finished trial of NAME (and of
-the searches NAME itself extended) reaches Optuna as a completed trial with the reward it reported.
-Rewards compare only at the same fidelity, so the extension keeps NAME's epochs, subset sizes and
-seed; best_config.json is then chosen over both experiments.
-"""
+`python -m tuner.search --extend NAME --num-samples K`. Ray's Tuner.restore only resumes an interrupted experiment
+(ray #18847, #30223), so this is a new one, warm-started with OptunaSearch's points_to_evaluate + evaluated_rewards:
+each finished trial of NAME (and of searches it extended) reaches Optuna as completed, with its reported reward.
+Rewards compare only at one fidelity, so it keeps NAME's epochs, subset sizes, seed; best_config.json: best of both."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from mnist_net.cli import say
 from mnist_net.runtime import git_commit
 from tuner import space
 from tuner.settings import SearchSettings
-from tuner.space import CHANCE_ACC, PARAMS, space_record
+from tuner.space import PARAMS, space_record, study_value
 
 LINK_FILE = "extends.json"  # in the extension's summary folder: what a --resume needs to publish
 # Flags an extension may set; every other settings flag must equal the parent's (fidelity).
@@ -38,14 +35,11 @@ class Extension:
     space: str  # "recorded" or how an unrecorded parent space was accepted
 
     def warm_start(self) -> tuple[list[dict], list[float]]:
-        """(points_to_evaluate, evaluated_rewards): what OptunaSearch saw for each trial, the last
-        reported val_acc (chance for a diverged one, as tuner.results.build_study); errored skipped."""
-        ok = self.trials[(self.trials["status"] != "errored") & self.trials["last_val_acc"].notna()]
-        # batch_size: one of Optuna's int choices, exactly
-        points = [{p: int(getattr(r, p)) if p == "batch_size" else float(getattr(r, p)) for p in PARAMS}
-                  for r in ok.itertuples()]
-        rewards = [CHANCE_ACC if r.status == "diverged" else float(r.last_val_acc) for r in ok.itertuples()]
-        return points, rewards
+        """(points_to_evaluate, evaluated_rewards): OptunaSearch's last val_acc; diverged: chance; errored: left out."""
+        scored = [(r, study_value(r.status, r.last_val_acc)) for r in self.trials.itertuples()]
+        ok = [(r, v) for r, v in scored if v is not None]  # batch_size below: one of Optuna's int choices, exactly
+        points = [{p: int(getattr(r, p)) if p == "batch_size" else float(getattr(r, p)) for p in PARAMS} for r, _ in ok]
+        return points, [v for _, v in ok]
 
     def pool(self, own: pd.DataFrame, name: str) -> pd.DataFrame:
         """Every trial of the lineage, this experiment's last, to choose the best from."""
@@ -64,8 +58,7 @@ class Extension:
 
 
 def requested(args, out: Path, storage: str) -> Extension:
-    """The extension `args` asks for, or ValueError (one line). Writes nothing and starts no Ray:
-    `out` and `storage` are where the search would put things, not yet created."""
+    """The extension `args` asks for, or ValueError (one line); writes nothing, starts no Ray (`out` may not exist)."""
     name = args.extend
     if args.resume:
         raise ValueError("--extend starts a new experiment; --resume continues an interrupted one: pick one")
@@ -73,9 +66,9 @@ def requested(args, out: Path, storage: str) -> Extension:
         raise ValueError(f"--extend {name!r} is not a search name (a folder in --out)")
     folder = out / name
     if not (folder / "best_config.json").is_file():
-        from tuner import cluster
+        from tuner.run.storage import can_restore  # imports Ray Tune: only for a search that did not finish
 
-        if cluster.can_restore(storage, name):
+        if can_restore(storage, name):
             raise ValueError(f"search {name!r} is unfinished; finish it first with `python -m tuner.search "
                              f"--resume --name {name} --out {out}`, then extend it")
         what = "has no best_config.json (it did not finish)" if folder.is_dir() else "does not exist"
@@ -106,8 +99,7 @@ def lineage(out: Path, name: str) -> pd.DataFrame:
 
 
 def parent_space(name: str, parent_best: dict, trials: pd.DataFrame) -> str:
-    """"recorded" when NAME's recorded space is today's; an older search without a record is
-    accepted when every one of its trials lies inside today's space (Optuna would reject the rest)."""
+    """"recorded" if NAME's space is today's; unrecorded passes if all trials lie inside it (Optuna rejects others)."""
     recorded = parent_best.get("space")
     if recorded is not None:
         if recorded != space_record():
@@ -143,5 +135,4 @@ def of_resumed(out: Path, name: str, settings: SearchSettings) -> Extension | No
     parent = recorded["extends"]
     best_file = out / parent / "best_config.json"
     return Extension(parent=parent, parent_best=files.read_json(best_file, str(best_file)),
-                     trials=lineage(out, parent), settings=settings,
-                     space=recorded.get("parent_space", "recorded"))
+                     trials=lineage(out, parent), settings=settings, space=recorded.get("parent_space", "recorded"))

@@ -1,5 +1,4 @@
-"""Read a search back from results/ for review (the notebook's data source): a finished one from its
-summary files, or one still running from its live study and Ray's trial files, without Ray."""
+"""Read a search, finished or still running, back from results/ for review (the notebook's data source), without Ray."""
 
 from __future__ import annotations
 
@@ -13,15 +12,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from tuner.budget import rungs
-from tuner.results import plot_study
-from tuner.settings import grace_period_for, reduction_factor_for
-from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR
-from tuner.study import trial_status
+from tuner.fidelity import grace_period_for, reduction_factor_for, rungs
+from tuner.publish.results import plot_study
+from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR, status_from_result
 
-# Where `python -m tuner.retrain --train-split train+val --epochs 20 --out results/full-recipe` (the
-# README's full-recipe check of a committed winner) leaves its retrain.json.
-FULL_RECIPE_DIR = "full-recipe"
+FULL_RECIPE_DIR = "full-recipe"  # the README's `tuner.retrain --train-split train+val --epochs 20 --out` check
 TABLE_COLUMNS = ["trial", *PARAMS, "best_val_acc", "best_epoch", "epochs_run", "stopped_early", "status"]
 
 
@@ -44,8 +39,7 @@ def missing_message(results: Path) -> str:
 
 
 def load(results: str | Path, name: str | None = None) -> Review | None:
-    """The search `name` in `results` (finished or still running), or the latest finished one
-    (via best_config.json); None if there is none. Calling it again reads the files again."""
+    """Search `name` in `results` (finished or running), else the latest finished; None if none. Rereads files."""
     results = Path(results)
     best_file = results / (name or "") / "best_config.json"
     if best_file.is_file():
@@ -62,8 +56,7 @@ def finished(results: Path, best: dict) -> Review:
 
 
 def running(results: Path, name: str) -> Review | None:
-    """A search still running (or interrupted): its trials from Ray's files under results/ray/<name>
-    (params.json, result.json: one JSON line per epoch), its best so far as `best`."""
+    """A running (or interrupted) search from Ray's trial files in results/ray/<name>; its best so far as `best`."""
     settings_file = results / name / "search_settings.json"
     if not settings_file.is_file():
         return None
@@ -82,8 +75,7 @@ def running(results: Path, name: str) -> Review | None:
 
 
 def trial_files(experiment: Path, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, epochs) as trials.csv and trial_epochs.csv hold them, status "running" for a trial
-    that has not ended; a line being written is skipped (it is complete at the next read)."""
+    """(trials, epochs) like trials.csv, trial_epochs.csv; "running" until a trial ends; half-written lines skipped."""
     rows, epochs = [], []
     for n, trial_dir in enumerate(sorted(experiment.glob("*/params.json"), key=lambda p: p.stat().st_mtime)):
         records = []
@@ -96,7 +88,7 @@ def trial_files(experiment: Path, max_epochs: int) -> tuple[pd.DataFrame, pd.Dat
         history = {int(r[TIME_ATTR]): r for r in records}  # a retried epoch: its last report
         config = json.loads(trial_dir.read_text())
         last = records[-1] if records else {}
-        status = trial_status(last, False, max_epochs) if last.get("done") or last.get("diverged") else "running"
+        status = status_from_result(last, False, max_epochs) if last.get("done") or last.get("diverged") else "running"
         trial_id = last.get("trial_id") or trial_dir.parent.name
         best_epoch = max(history, key=lambda e: history[e][METRIC]) if history else None
         rows.append({"trial": n + 1, "trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
@@ -108,8 +100,7 @@ def trial_files(experiment: Path, max_epochs: int) -> tuple[pd.DataFrame, pd.Dat
 
 
 def full_recipe(review: Review, results: str | Path) -> Review | None:
-    """The same search with its confirmation swapped for the full-recipe check in results/full-recipe
-    (whichever config that was run for: full_recipe_note says); None when there is none."""
+    """`review` with results/full-recipe's check as its retrain (of which config: full_recipe_note); None if none."""
     path = Path(results) / FULL_RECIPE_DIR / "retrain.json"
     if not path.is_file() or review.best.get("running"):
         return None
@@ -141,8 +132,7 @@ def optuna_figures(review: Review) -> list[Figure]:
 
 
 def trial_curves(review: Review) -> Figure:
-    """Val error (100 - val_acc, log axis: the leaders' 1-2 % spread shows) per epoch, every trial coloured
-    by batch size; the chosen and the seed's config thick and labelled; ASHA's rungs dotted."""
+    """Val error per epoch (log axis: the leaders' 1-2 % spread shows) by batch size; chosen and seed config thick."""
     search = review.best["search"]
     colours = dict(zip(BATCH_SIZES, plt.get_cmap("viridis")(np.linspace(0, 0.9, len(BATCH_SIZES))), strict=True))
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -159,12 +149,10 @@ def trial_curves(review: Review) -> Figure:
         ax.plot([], [], color=colour, label=f"batch {batch}")
     for rung in rungs(search["max_epochs"], search["grace_period"], search["reduction_factor"]):
         ax.axvline(rung, color="gray", linestyle=":")
-    ax.set_yscale("log")
+    so_far = " so far" if review.best.get("running") else ""
+    ax.set(yscale="log", xlabel="epoch", ylabel=f"val error (100 - {METRIC}, %, log)",
+           title=f"{len(review.trials)} trials{so_far}; dotted lines: ASHA rungs")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"val error (100 - {METRIC}, %, log)")
-    ax.set_title(f"{len(review.trials)} trials{' so far' if review.best.get('running') else ''}; "
-                 "dotted lines: ASHA rungs")
     ax.set_yticks([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if t >= ax.get_ylim()[0] / 2])
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -173,8 +161,7 @@ def trial_curves(review: Review) -> Figure:
 
 
 def retrain_table(review: Review) -> pd.DataFrame:
-    """Every confirmed config (the search's top K and the seed's): the search's proxy score, the mean
-    val_acc the winner was chosen on, test mean ± std over the seeds. Older files: best and seed only."""
+    """Each confirmed config: proxy score, mean val_acc (picks the winner), test mean ± std; old files: best, seed."""
     entries = review.retrain.get("candidates") or [review.retrain[k] for k in ("best", "seed_config")]
     winner = review.retrain.get("winner", {}).get("label")
     rows = [{"config": e.get("label", k), **e["config"], "seeds": len(e["test_acc"]),
@@ -190,13 +177,12 @@ def ranking(review: Review) -> str:
     rank = review.retrain.get("ranking") or {}
     if rank.get("tau") is None or rank["tau"] != rank["tau"]:  # NaN: no ranking
         return "no ranking: fewer than two confirmed configs with a proxy score, or no selection split"
-    lines = [f"proxy vs confirmation ranking of {rank['configs']} configs: Kendall tau {rank['tau']:+.2f} "
-             f"(p = {rank['pvalue']:.2g})"]
-    return "\n".join(lines + [f"warning: {w}" for w in review.retrain.get("warnings", [])])
+    return "\n".join([f"proxy vs confirmation ranking of {rank['configs']} configs: Kendall tau {rank['tau']:+.2f} "
+                      f"(p = {rank['pvalue']:.2g})"] + [f"warning: {w}" for w in review.retrain.get("warnings", [])])
 
 
 def verdict(review: Review) -> str:
-    """The retrain's one-line verdict (tuner.stats), or why there is none."""
+    """The retrain's one-line verdict (tuner.confirm.stats), or why there is none."""
     comparison = review.retrain.get("comparison")
     if comparison is None:  # a retrain.json from before the paired statistics
         return ("This retrain.json has no paired comparison; rerun `python -m tuner.retrain --out DIR` "
@@ -205,8 +191,7 @@ def verdict(review: Review) -> str:
 
 
 def comparison_table(review: Review) -> pd.DataFrame | None:
-    """Per seed: both test accuracies, the difference, McNemar's discordant counts and p; then the
-    mean difference with its 95 % CI (method in the last column). None for an old retrain.json."""
+    """Per seed: test accuracies, difference, McNemar's b, c and p; then the mean with its 95 % CI; None if old."""
     c = review.retrain.get("comparison")
     if c is None:
         return None
@@ -221,8 +206,7 @@ def comparison_table(review: Review) -> pd.DataFrame | None:
 
 
 def retrain_curves(review: Review) -> Figure:
-    """Train loss and the per-epoch score (val when the stage selects on it; test for the seed's 60k
-    recipe, as the seed logged it), every seed, best vs seed config."""
+    """Train loss and per-epoch score (val if the stage selects; else test, as the seed logged it), best vs seed."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(14, 5))
     first = review.retrain["best"]["epochs_history"][0]
     key = "val_acc" if first and "val_acc" in first[0] else "test_acc"
@@ -233,10 +217,8 @@ def retrain_curves(review: Review) -> Figure:
             kw = {"color": color, "alpha": 0.8, "label": name if i == 0 else None}
             ax_loss.plot(epochs, [e["train_loss"] for e in history], **kw)
             ax_acc.plot(epochs, [e[key] for e in history], marker="o", **kw)
-    ax_loss.set_title("train loss")
-    ax_acc.set_title(f"{key.split('_')[0]} accuracy (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
+    for ax, title in ((ax_loss, "train loss"), (ax_acc, f"{key.split('_')[0]} accuracy (%)")):
+        ax.set(title=title, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     return fig

@@ -13,10 +13,10 @@ from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
 from mnist_net.config import TrainConfig, is_int, is_number
 from mnist_net.data import N_TRAIN, N_VAL
-from tuner.budget import FIDELITY_FIELDS, BudgetPlan, Fidelity, grace_period_for, reduction_factor_for
+from tuner.fidelity import FIDELITY_FIELDS, BudgetPlan, Fidelity, grace_period_for, reduction_factor_for
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
-# finish in this many seconds (tuner/budget.py), whatever the CPU's speed.
+# finish in this many seconds (tuner/plan/budget.py), whatever the CPU's speed.
 DEFAULT_TIME_BUDGET_S = 20 * 60
 SMOKE = {"num_samples": 4, "max_epochs": 2, "train_size": 512, "eval_size": 500,
          "confirm_top": 2, "confirm_seeds": 1, "confirm_epochs": 1, "confirm_train_size": 1024}
@@ -42,7 +42,7 @@ class SearchSettings:
     eval_size: int | None = None  # None = the whole 10k val split
     seed: int = 0
     max_concurrent: int | None = None  # None = as many as the resources fit
-    gpus_per_trial: float | None = None  # None = resources.DEFAULT_GPU_SHARE when GPUs exist
+    gpus_per_trial: float | None = None  # None = plan.placement.DEFAULT_GPU_SHARE when GPUs exist
     cpus_per_trial: int | None = None
     confirm_top: int | None = None  # K configs of the search to confirm; None = DEFAULT_CONFIRM_TOP, at most N
     confirm_seeds: int = 3
@@ -50,7 +50,7 @@ class SearchSettings:
     confirm_train_size: int | None = None  # images of the 50k train split per confirm run; None = all
     fidelity_mode: str = "full"  # one of FIDELITY_MODES
     time_budget_s: float | None = None  # --time-budget: the whole command's wall-clock budget
-    budget_plan: BudgetPlan | None = None  # what the time budget planned (tuner.planning)
+    budget_plan: BudgetPlan | None = None  # what the time budget planned (tuner.plan.search_plan)
     checkpoint_every: int | None = None  # epochs between trial checkpoints; None = auto (trainable)
     compile_mode: str | None = None  # --compile-mode (mnist_net.cli); None = TrainConfig's own (eager)
 

@@ -1,17 +1,20 @@
-"""The one place for the search space, the metric and its mode."""
+"""The search's vocabulary, each fact once: the space, the metric and its mode, what a trial reports,
+how a trial ended and the score a study records for it, and its number and id in Ray's folders."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from mnist_net.engine import CHANCE_ACC  # noqa: F401  (what a diverged trial scores; the tuner reads it here)
 
 METRIC = "val_acc"  # percent correct on the 10k val split (never test)
 MODE = "max"
 TIME_ATTR = "training_iteration"  # one iteration == one epoch
-# The engine's per-epoch numbers a trial reports (tuner.trainable); trial_epochs.csv keeps them, with
-# the trial's peak memory (tuner.results). "diverged" shows in trials.csv's status instead.
+# The engine's per-epoch numbers a trial reports (tuner.run.trainable); trial_epochs.csv keeps them, with
+# the trial's peak memory (tuner.publish.results). "diverged" shows in trials.csv's status instead.
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s", "epoch_seconds",
                  "eval_seconds")
 REPORTED = (*EPOCH_METRICS, "diverged")
@@ -72,3 +75,47 @@ def optuna_distributions() -> dict:
 
     return {name: CategoricalDistribution(list(p.values)) if p.kind == "choice"
             else FloatDistribution(*p.values, log=p.kind == "loguniform") for name, p in SPACE.items()}
+
+
+STATUSES = ("finished", "stopped", "diverged", "errored")  # stopped: by ASHA, before max_epochs
+
+
+def trial_status(*, errored: bool, diverged: bool, epochs_run: int, max_epochs: int) -> str:
+    """The one rule naming how a trial ended (published tables, the live study, the progress line)."""
+    return ("errored" if errored else "diverged" if diverged
+            else "finished" if epochs_run >= max_epochs else "stopped")
+
+
+def status_from_result(result: dict | None, error: bool, max_epochs: int) -> str:
+    """trial_status from a trial's last reported result (Ray's dict)."""
+    result = result or {}
+    return trial_status(errored=error, diverged=bool(result.get("diverged")),
+                        epochs_run=int(result.get(TIME_ATTR, 0) or 0), max_epochs=max_epochs)
+
+
+def study_value(status: str, last_val_acc: float | None) -> float | None:
+    """What Optuna records for a trial: its last reported val_acc (what OptunaSearch saw), chance for a
+    diverged one (its loss went non-finite: it is never chosen), None (FAIL) for an errored one."""
+    if status == "diverged":
+        return CHANCE_ACC
+    if status == "errored" or last_val_acc is None or math.isnan(last_val_acc):
+        return None
+    return float(last_val_acc)
+
+
+def trial_number(trial_id: str, path: str) -> int:
+    """Creation order, from Ray's trial folder name: 'train_s5_<id>_3_batch_size=...' -> 3."""
+    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_", Path(path).name)
+    return int(match.group(1)) if match else 10**9
+
+
+def ray_trial_id(result) -> str:
+    """A Ray Result's trial id, from its last report, or its folder's name if it never reported."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def cut_short(result) -> bool:
+    """Neither errored nor ended on its own. Only a trial that returned or that the scheduler stopped
+    has done=True in its last result; on Ctrl-C or the time budget Ray 2.60 stops the running trials
+    and marks them TERMINATED like finished ones."""
+    return result.error is None and not (result.metrics or {}).get("done")

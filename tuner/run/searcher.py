@@ -13,14 +13,26 @@ from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.space import METRIC, MODE, TIME_ATTR
-from tuner.study import rdb_storage, trial_status
+from tuner.run.study import rdb_storage
+from tuner.space import METRIC, MODE, TIME_ATTR, status_from_result
 
 
 class LiveOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+
+    def _setup_study(self, mode):
+        """A --resume sets the searcher up again on its saved study: enqueueing points_to_evaluate (or
+        telling an extension's warm start) a second time would make a duplicate the next trial."""
+        import optuna
+
+        if self._study_name not in optuna.study.get_all_study_names(self._storage):
+            return super()._setup_study(mode)
+        points, rewards = self._points_to_evaluate, self._evaluated_rewards
+        self._points_to_evaluate, self._evaluated_rewards = [], None
+        super()._setup_study(mode)
+        self._points_to_evaluate, self._evaluated_rewards = points, rewards
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
@@ -44,7 +56,7 @@ class LiveOptunaSearch(OptunaSearch):
                 if result[TIME_ATTR] not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
                     ot_trial.report(result[METRIC], result[TIME_ATTR])
                 ot_trial.set_user_attr("epochs_run", int(result[TIME_ATTR]))
-            ot_trial.set_user_attr("status", trial_status(result, error, self._max_epochs))
+            ot_trial.set_user_attr("status", status_from_result(result, error, self._max_epochs))
         super().on_trial_complete(trial_id, result, error)
 
 

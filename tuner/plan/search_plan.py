@@ -1,30 +1,17 @@
 """Stage 2 of a search, the plan: where trials run, and a time budget's calibration and fidelity level (or,
 with no budget, the predicted wall time); after the search, the confirm stage's recipe on the time left.
-The model is tuner.budget."""
+The model is tuner.plan.budget."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
 
-import pandas as pd
-
 from mnist_net.cli import format_duration, say
-from mnist_net.data import N_TRAIN
-from tuner import resources
-from tuner.budget import (
-    LADDER,
-    PLAN_MARGIN,
-    PUBLISH_S,
-    BudgetPlan,
-    Throughput,
-    confirm_time,
-    pick_level,
-    predict,
-    raise_confirm,
-)
-from tuner.calibrate import calibrate
-from tuner.confirm import Recipe
+from tuner.fidelity import LADDER, BudgetPlan, Throughput
+from tuner.plan.budget import PLAN_MARGIN, PUBLISH_S, pick_level, predict
+from tuner.plan.calibrate import calibrate
+from tuner.plan.placement import Placement, alive_nodes, place
 from tuner.settings import SearchSettings, with_default_budget
 
 LONG_S = 3600  # a search predicted to take longer is told about --time-budget
@@ -36,7 +23,7 @@ class SearchPlan:
     where the trials run."""
 
     settings: SearchSettings
-    placement: resources.Placement
+    placement: Placement
 
 
 def plan_search(settings: SearchSettings, fixed: dict, data_dir: str, started: float, *, new: bool,
@@ -45,10 +32,10 @@ def plan_search(settings: SearchSettings, fixed: dict, data_dir: str, started: f
     machine with no GPU and no fidelity flag gets the default time budget; a time budget not yet
     planned is planned; else a fixed fidelity is said as a predicted wall time (not on --resume).
     `fixed`: the fidelity flags given."""
-    nodes = resources.alive_nodes()
+    nodes = alive_nodes()
     if new:
         settings = with_default_budget(settings, any(n.get("GPU", 0) > 0 for n in nodes), fixed)
-    placement = resources.place(nodes, settings.gpus_per_trial, settings.cpus_per_trial, settings.max_concurrent)
+    placement = place(nodes, settings.gpus_per_trial, settings.cpus_per_trial, settings.max_concurrent)
     if settings.time_budget_s is not None and settings.budget_plan is None:
         settings = plan_settings(settings, placement, data_dir, fixed, started)
     elif not resumed and (line := predict_wall_time(settings, placement, data_dir, started)) is not None:
@@ -56,7 +43,7 @@ def plan_search(settings: SearchSettings, fixed: dict, data_dir: str, started: f
     return SearchPlan(settings, placement)
 
 
-def plan_settings(settings: SearchSettings, placement: resources.Placement, data_dir: str, fixed: dict,
+def plan_settings(settings: SearchSettings, placement: Placement, data_dir: str, fixed: dict,
                   started: float) -> SearchSettings:
     """SearchSettings with the fidelity fields not in `fixed` planned to settings.time_budget_s
     (counted from time.monotonic() == started) and the plan recorded in budget_plan.
@@ -82,7 +69,7 @@ def plan_settings(settings: SearchSettings, placement: resources.Placement, data
     return replace(settings, **fidelity.settings(), budget_plan=record)
 
 
-def predict_wall_time(settings: SearchSettings, placement: resources.Placement, data_dir: str,
+def predict_wall_time(settings: SearchSettings, placement: Placement, data_dir: str,
                       started: float) -> str | None:
     """For a search with a fixed fidelity (mode "full"): calibrate as --time-budget does, then
     predicted_line. None for a time budget (it printed its plan) or the smoke preset."""
@@ -118,31 +105,3 @@ def describe(settings: SearchSettings) -> str | None:
             f"{fmt(b.predicted.search_s)}, hard stop at {fmt(b.search_time_budget_s)}; confirm "
             f"{fmt(b.predicted.confirm_s)}). Calibrated images/s per trial by batch size {{{speeds}}}, eval "
             f"{b.throughput.eval:.0f}, {b.tasks} at once, in {b.calibration_s:.0f} s")
-
-
-def confirm_recipe(settings: SearchSettings, left_s: float | None = None, batch_sizes: list[int] = (),
-                   epochs: pd.DataFrame | None = None, concurrent: int = 1) -> tuple[Recipe, float | None]:
-    """The confirm stage's recipe and its predicted seconds: as planned or given; with a time budget,
-    raised to what the time left fits at the speeds the trials measured (a search that ended early
-    gives the rest)."""
-    planned = Recipe(settings.confirm_seeds, settings.confirm_epochs or settings.max_epochs,
-                     settings.confirm_train_size)
-    b = settings.budget_plan
-    if left_s is None or b is None or b.fidelity is None or {"confirm_epochs", "confirm_train_size"} & set(
-            b.fixed_by_flags):
-        return planned, None
-    thr, f = measured(replace(b.throughput, load_s=0.0), epochs), b.fidelity
-    speeds = [1 / thr.train[b] for b in batch_sizes]  # seconds per image, each candidate's batch size
-    e, n = raise_confirm(f, thr, left_s - PUBLISH_S, speeds, concurrent)
-    predicted = confirm_time(f.confirm_seeds, e, n, speeds, thr, concurrent)
-    say(f"confirm stage: {format_duration(left_s)} left of the budget -> {e} epochs x {n:,} images per run "
-        f"(planned {f.confirm_epochs} x {f.confirm_train_size:,}), predicted {format_duration(predicted)}")
-    return replace(planned, epochs=e, train_size=None if n >= N_TRAIN else n), predicted
-
-
-def measured(thr: Throughput, epochs: pd.DataFrame | None) -> Throughput:
-    """The calibrated speeds, replaced by the median training images/s the trials reported per batch size."""
-    if epochs is None or epochs.empty or "batch_size" not in epochs:
-        return thr
-    seen = epochs.dropna(subset=["images_per_s"]).groupby("batch_size")["images_per_s"].median()
-    return replace(thr, train={b: float(seen.get(b, v)) for b, v in thr.train.items()})

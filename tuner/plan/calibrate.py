@@ -1,7 +1,5 @@
-"""Calibration for --time-budget: one trial's training and eval speed on this cluster, in a few seconds.
-
-Ray tasks with one trial's resources, on the device Ray gave them, as many at once as trials will run:
-contention between trials is in the numbers, and a cluster measures the nodes that will train."""
+"""Calibration for --time-budget: one trial's training and eval speed here, in seconds, from Ray tasks with one trial's
+resources on their Ray-given device, as many at once as trials will run, on the training nodes: contention shows."""
 
 from __future__ import annotations
 
@@ -9,23 +7,21 @@ import os
 import statistics
 import time
 
-from tuner.budget import Throughput
-from tuner.resources import task_resources, worker_device
+from tuner.fidelity import Throughput
+from tuner.plan.placement import task_resources
 from tuner.space import BATCH_SIZES
+from tuner.worker import worker_device
 
-# Images timed per batch size (at least TIMED_STEPS steps), after a warm-up of the same shapes;
-# then one eval pass. A GPU step takes ~1 ms: more steps keep timer and launch jitter small.
+# Images timed per batch size (>= TIMED_STEPS steps: ~1 ms GPU steps need more vs jitter), after a same-shape warm-up
 CALIBRATION_IMAGES = 512
-CALIBRATION_EVAL = 2000
+CALIBRATION_EVAL = 2000  # images of the one eval pass
 TIMED_STEPS = {"cpu": 2, "cuda": 16}
 WARMUP_STEPS = 3  # cuDNN's autotuning (cudnn.benchmark, per input shape), allocator, lazy init
 
 
 def measure_train(cfg, train, device) -> float:
-    """Training images/s of `cfg` on `train` (a small slice), on a model first warmed up on every input
-    shape the timed slice runs (full batches of cfg.batch_size), so cuDNN's per-shape autotuning, CUDA's
-    lazy init and the allocator's first requests fall outside the timing; train_epoch ends in a host
-    sync, so the GPU is idle at the start."""
+    """Training images/s of `cfg` on a small `train` slice, after a warm-up on the same batch shapes so cuDNN
+    autotuning, CUDA lazy init and first allocations fall outside the timing (train_epoch ends in a host sync)."""
     import torch
 
     from mnist_net.engine import build_training, train_epoch
@@ -77,12 +73,10 @@ def calibration_task(data_dir: str, base, threads: int) -> dict:
 
 
 def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> list[dict]:
-    """What each of `tasks` calibration tasks measured, run at once with one trial's resources.
-    GPU tasks never share a worker (resources.task_resources: max_calls=1)."""
+    """What `tasks` calibration tasks, at once with one trial's resources (GPU ones never share a worker), measured."""
     import ray
 
-    options = task_resources(cpu_per_trial, gpu_per_trial, "calibration")
-    remote = ray.remote(**options, max_retries=0)(calibration_task)
+    remote = ray.remote(**task_resources(cpu_per_trial, gpu_per_trial, "calibration"), max_retries=0)(calibration_task)
     try:
         return ray.get([remote.remote(data_dir, base, cpu_per_trial) for _ in range(tasks)])
     except ray.exceptions.RayTaskError as err:  # e.g. a GPU share on a torch without CUDA
@@ -93,8 +87,7 @@ def calibrate(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tas
     """Run `tasks` calibration tasks at once, each with one trial's resources; their mean speed."""
     found = calibration_runs(data_dir, base, cpu_per_trial, gpu_per_trial, tasks)
     return Throughput(train={b: statistics.fmean(r["train"][b] for r in found) for b in BATCH_SIZES},
-                      eval=statistics.fmean(r["eval"] for r in found),
-                      load_s=max(r["load_s"] for r in found))
+                      eval=statistics.fmean(r["eval"] for r in found), load_s=max(r["load_s"] for r in found))
 
 
 def _head(split, n: int):

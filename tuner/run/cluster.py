@@ -1,4 +1,4 @@
-"""Connecting to Ray (local or an existing cluster, token auth kept on) and experiment storage."""
+"""Connecting to Ray: a local one, or an existing cluster whose address is checked in bounded steps (token auth on)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_net.files import prepare_out_dir
-from tuner.results import cut_short
-
 CONNECT_TIMEOUT_S = 5
 HTTP_PROBE_S = 2
 GCS_PROBE_MS = 3000  # for the GCS's reply, after the ~4 s the probe allows for connecting
@@ -18,29 +15,14 @@ GCS_PROBE_LIMIT_S = 20  # the probe process in all, Python and Ray's imports inc
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 
 
-def storage_path(storage: str | None, out: Path) -> str:
-    """Ray's storage: a URI as given, else the absolute folder (default <out>/ray). Creates nothing."""
-    if storage is not None and "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage or Path(out) / "ray").expanduser().resolve())
-
-
-def resolve_storage(storage: str | None, out: Path) -> str:
-    """storage_path, its folder made and checked writable."""
-    path = storage_path(storage, out)
-    return path if "://" in path else str(prepare_out_dir(path))
-
-
 def connect(address: str | None, dashboard: bool = False) -> None:
-    """Start a local Ray or join `address`; ConnectionError (one line) says what is wrong. Joining checks
-    the address in bounded steps (~20 s in all): ray.init retries for minutes an address that is not a GCS
-    (a URL, no listener, the dashboard, a missing or wrong token, a dead "auto", no Ray node here)."""
+    """Start a local Ray or join `address`; ConnectionError (one line) says what is wrong. Joining checks the address in
+    ~20 s: ray.init retries a non-GCS address for minutes (URL, no listener, dashboard, bad token, dead "auto", ...)."""
     import ray
 
     if not address:
-        # Ray 2.60 turns token auth on for a local Ray by default; we keep it, as its gRPC servers bind
-        # every interface whatever we ask (127.0.0.1 maps to the node IP) and the token guards them.
-        # No dashboard unless asked for, then on loopback.
+        # Ray 2.60 turns token auth on for a local Ray; we keep it: its gRPC servers bind every interface whatever
+        # we ask (127.0.0.1 maps to the node IP) and the token guards them. No dashboard unless asked, then on loopback.
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="WARNING")
         return
@@ -58,8 +40,7 @@ def connect(address: str | None, dashboard: bool = False) -> None:
 
 
 def join_error(address: str, err: BaseException) -> str:
-    """One line: Ray's first line plus a token hint (Ray's message often only says "Failed to connect";
-    a rejected token shows in the cause)."""
+    """Ray's first line plus a token hint (Ray often says only "Failed to connect"; a bad token shows in the cause)."""
     hint = ""
     if not token_available():
         hint = ("; if the cluster uses token authentication, put its token in ~/.ray/auth_token "
@@ -99,8 +80,7 @@ def check_gcs_address(address: str) -> None:
 
 
 def resolve_auto(address: str) -> str:
-    """"auto" -> the host:port ray.init would pick ($RAY_ADDRESS, else /tmp/ray/ray_current_cluster, the
-    last cluster started here), so the checks see it: a stale file names a dead GCS ray.init retries."""
+    """"auto" -> ray.init's pick ($RAY_ADDRESS, else /tmp/ray/ray_current_cluster), so the checks see a stale one."""
     if address != "auto":
         return address
     from ray._private import services
@@ -127,8 +107,7 @@ def check_local_node(address: str) -> None:
 
 
 def check_client_address(address: str) -> None:
-    """ray:// (Ray Client): something must listen at host:port (default 10001) within CONNECT_TIMEOUT_S;
-    the client's own handshake then has its bounded retries."""
+    """ray:// (Ray Client): something must listen at host:port (default 10001); the client's own retries are bounded."""
     host, _, port = address[len("ray://"):].rpartition(":")
     if not host:
         host, port = address[len("ray://"):], "10001"
@@ -137,9 +116,8 @@ def check_client_address(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
-        raise ConnectionError(f"no Ray Client server answers at {address} ({err.strerror or err}); "
-                              "start the cluster's head with `ray start --head` (it serves ray:// on "
-                              "port 10001)") from None
+        raise ConnectionError(f"no Ray Client server answers at {address} ({err.strerror or err}); start the "
+                              "cluster's head with `ray start --head` (it serves ray:// on port 10001)") from None
 
 
 def speak_token_auth() -> None:
@@ -148,10 +126,8 @@ def speak_token_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-# Ray's standalone GCS client: the handshake ray.init does (cluster id, token), given up after a
-# bound. In a child process, so its C++ settings and log lines stay out of this one.
-PROBE = """
-import sys
+# ray.init's handshake (cluster id, token) by Ray's standalone GCS client, bounded; in a child, its C++ logs stay there.
+PROBE = """import sys
 try:
     from ray._raylet import InnerGcsClient
     standalone = InnerGcsClient.standalone
@@ -185,8 +161,7 @@ def probe_gcs(address: str) -> None:
 
 
 def token_available() -> bool:
-    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                or TOKEN_FILE.is_file())
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or TOKEN_FILE.is_file())
 
 
 def disconnect() -> None:
@@ -194,25 +169,3 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def can_restore(storage: str, name: str | None) -> bool:
-    from ray import tune
-
-    return bool(name) and tune.Tuner.can_restore(f"{storage}/{name}")
-
-
-def newest_experiment(storage: str) -> str | None:
-    """The most recently modified restorable experiment in a local storage folder."""
-    if "://" in storage or not Path(storage).is_dir():
-        return None
-    folders = sorted((p for p in Path(storage).iterdir() if p.is_dir()),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((p.name for p in folders if can_restore(storage, p.name)), None)
-
-
-def unfinished(grid, num_samples: int) -> bool:
-    """True when the run was interrupted: fewer trials than asked for, or one not yet ended (Ray
-    marks a trial stopped by Ctrl-C TERMINATED like a finished one: results.cut_short tells them apart)."""
-    return (len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
-            or any(cut_short(r) for r in grid))

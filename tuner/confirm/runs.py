@@ -1,10 +1,7 @@
-"""The confirm stage's runs: one Ray task per (config, seed), each saved as soon as it ends.
-
-A run already saved for the same config, seed and recipe is read back instead of trained again, so
-a confirm stage that was interrupted, or is asked for more seeds (`--seeds 5` after 3), trains only
-what is missing. Saved: <out>/runs/<key>.json (numbers, curves), .npy (test predictions, uint8),
-.pt (CPU weights, not committed).
-"""
+"""The confirm stage's runs: one Ray task per (config, seed), each saved as soon as it ends. A run already saved for
+the same config, seed and recipe is read back, not retrained, so an interrupted confirm stage, or one asked for more
+seeds (`--seeds 5` after 3), trains only what is missing. Saved: <out>/runs/<key>.json (numbers, curves), .npy (test
+predictions, uint8), .pt (CPU weights, not committed)."""
 
 from __future__ import annotations
 
@@ -21,16 +18,18 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import eval_split_name
 from mnist_net.engine import build_training, fit, predict
 from mnist_net.runtime import autocast, autocast_dtype
-from tuner import progress, resources
-from tuner.confirm import Candidate, Recipe
+from tuner import worker
+from tuner.confirm.recipe import Recipe
+from tuner.confirm.report import Candidate
+from tuner.plan import placement
+from tuner.run import progress
 from tuner.space import PARAMS
 
 
 def run_one(params: dict, seed: int, recipe: Recipe, data_dir: str, cpus: int, changes: dict | None = None) -> dict:
-    """One run, as a Ray task: fit on the recipe's split, then predict the full test split once; returns
-    plain data only (numbers, a uint8 array of test predictions, CPU tensors)."""
-    device = resources.worker_device(cpus)
-    splits = resources.worker_splits(data_dir)
+    """One run, as a Ray task: fit on the recipe's split, predict the full test split once; returns plain data only."""
+    device = worker.worker_device(cpus)
+    splits = worker.worker_splits(data_dir)
     cfg = TrainConfig.from_dict(dict(params), TrainConfig(
         epochs=recipe.epochs, seed=seed, train_split=recipe.train_split, train_size=recipe.train_size,
         **(changes or {})))
@@ -73,8 +72,7 @@ class RunStore:
 
     def save(self, run: dict, recipe: Recipe) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        run = dict(run)
-        key = run["config"], run["seed"], recipe
+        run, key = dict(run), (run["config"], run["seed"], recipe)
         if (state := run.pop("state_dict", None)) is not None:
             with files.atomic_path(self.weights(*key)) as tmp:
                 torch.save(state, tmp)
@@ -83,7 +81,7 @@ class RunStore:
         files.write_json(self.path(*key, ".json"), run)  # last: its presence means the run is whole
 
 
-def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resources.Placement, store: RunStore,
+def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: placement.Placement, store: RunStore,
             changes: dict | None = None, predicted_s: float | None = None) -> dict[str, list[dict]]:
     """Every (candidate, seed) run, read from the store or trained as Ray tasks submitted at once."""
     import ray
@@ -91,7 +89,7 @@ def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resourc
     runs = {(c.label, s): store.load(c.config, s, recipe) for c in cands for s in range(1, recipe.seeds + 1)}
     missing = [(c, s) for c in cands for s in range(1, recipe.seeds + 1) if runs[(c.label, s)] is None]
     # ray.remote(**options), not .options(): Ray takes max_calls (a fresh worker per GPU run) only there
-    refs = {ray.remote(**resources.task_options(plan, f"confirm-{c.label.replace(' ', '')}-seed{s}"))(run_one).remote(
+    refs = {ray.remote(**placement.task_options(plan, f"confirm-{c.label.replace(' ', '')}-seed{s}"))(run_one).remote(
         dict(c.config), s, recipe, data_dir, plan.cpu_per_trial, changes): (c, s) for c, s in missing}
     bar = progress.runs_bar(len(runs), predicted_s, "confirm")
     bar.update(len(runs) - len(missing))  # read back from the store
@@ -100,8 +98,7 @@ def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: resourc
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            c, s = refs[done[0]]
-            run = ray.get(done[0])
+            (c, s), run = refs[done[0]], ray.get(done[0])
             store.save(run, recipe)
             runs[(c.label, s)] = store.load(c.config, s, recipe)
             bar.update(1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -13,33 +15,26 @@ from ray import tune
 
 from mnist_net.config import TrainConfig
 from mnist_net.engine import EpochRecord, Training, build_training, cpu_state, fit
-from tuner.resources import explain_oom, worker_device, worker_splits
 from tuner.space import PARAMS, REPORTED, RUNG_METRIC, val_score
+from tuner.worker import explain_oom, worker_device, worker_splits
 
-# In the trial's process: Ray logs every checkpoint at INFO ("Checkpoint successfully created at"),
-# which would break the driver's one progress line (tuner.progress); failures still log.
+# Ray logs every checkpoint at INFO in the trial's process, breaking the driver's progress line; failures still log.
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 CHECKPOINT_FILE = "state.pt"
-# "auto" checkpoints once the training time since the last checkpoint is this many times the
-# measured cost of one: checkpoints then cost at most 1/20 = 5 % of a trial's time.
-AUTO_CHECKPOINT_RATIO = 20
+AUTO_CHECKPOINT_RATIO = 20  # "auto": checkpoint once training since the last is 20x its cost, so they cost <= 5 %
 
 
 def to_train_config(config: dict, base: TrainConfig) -> TrainConfig:
     """The trainable boundary: Tune's sampled params -> the typed config, validated once."""
-    params = {k: config[k] for k in PARAMS}
-    return TrainConfig.from_dict({**params, "batch_size": int(params["batch_size"])}, base)
+    return TrainConfig.from_dict({**{k: config[k] for k in PARAMS}, "batch_size": int(config["batch_size"])}, base)
 
 
 def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: int | None = None) -> None:
-    """Train on the train split on the device Ray assigned; report val metrics every epoch.
-
-    checkpoint_every: every N epochs, or None (auto: the first epoch, then whenever the time since the
-    last reaches AUTO_CHECKPOINT_RATIO x the measured save cost: every epoch for CPU epochs of seconds,
-    every few for sub-second GPU epochs). The last epoch always, so a finished trial keeps its weights.
-    A retried (FailureConfig) or resumed (--resume) trial restarts from its last checkpoint: it trains
-    the epochs since again, and Ray numbers them again from the checkpoint's epoch."""
+    """Train on the train split on the device Ray assigned, reporting val metrics every epoch. checkpoint_every: every N
+    epochs, or None (auto: the first, then once the time since the last reaches AUTO_CHECKPOINT_RATIO x the save cost:
+    every epoch for CPU epochs of seconds, every few for sub-second GPU ones); the last always, so a finished trial
+    keeps its weights. A retried or resumed trial restarts at its last checkpoint, retraining the epochs since."""
     cfg = to_train_config(config, base)
     asked = tune.get_context().get_trial_resources().required_resources
     device = worker_device(asked.get("CPU", 1))
@@ -71,8 +66,7 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
 
 
 def epoch_metrics(record: EpochRecord) -> dict:
-    """What a trial reports each epoch. getattr: a REPORTED name that is no EpochRecord field fails at
-    once instead of reading 0.0; eval_seconds is None after a diverged epoch (Ray's tables get 0.0)."""
+    """An epoch's report. getattr: a REPORTED name no EpochRecord has fails at once; None (after divergence) -> 0.0."""
     values = {k: getattr(record, k) for k in REPORTED}
     return {**{k: 0.0 if v is None else v for k, v in values.items()}, "peak_rss_mb": peak_rss_mb(),
             RUNG_METRIC: val_score(record.val_acc, record.val_loss)}
@@ -107,8 +101,7 @@ def save_state(folder: str, training: Training, epoch: int, cfg: TrainConfig) ->
 
 
 def load_checkpoint_state(path: str) -> dict:
-    """A saved state, every tensor on the CPU: load_state_dict moves weights and momentum to the trial's
-    device, and torch.set_rng_state takes only a CPU ByteTensor (not one mapped to the trial's GPU)."""
+    """A saved state, all on the CPU: load_state_dict moves it to the trial's device; set_rng_state takes CPU only."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -125,8 +118,5 @@ def restore(training: Training, checkpoint: tune.Checkpoint | None) -> int:
 
 def peak_rss_mb() -> float:
     """This trial process's peak resident memory (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)

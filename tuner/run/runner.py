@@ -7,13 +7,50 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from mnist_net.cli import say
-from tuner import cluster, watch
-from tuner.planning import SearchPlan
+from tuner.plan.search_plan import SearchPlan
+from tuner.run import cluster, study, tracking
 from tuner.settings import SMOKE_POINTS, SearchSettings
-from tuner.space import METRIC, MODE, RUNG_METRIC, SEED_CONFIG, TIME_ATTR, param_space
+from tuner.space import METRIC, MODE, RUNG_METRIC, SEED_CONFIG, TIME_ATTR, cut_short, param_space
+
+
+@dataclass
+class Watch:
+    summary_dir: Path
+    mlflow_uri: str | None = None
+    parent_run_id: str | None = None
+    callbacks: list = field(default_factory=list)
+
+    def end(self, best: dict | None, interrupted: bool = False) -> None:
+        """End the progress line; close the MLflow parent run: FINISHED with the search's best, or KILLED."""
+        for callback in self.callbacks:
+            getattr(callback, "close", lambda: None)()
+        if self.mlflow_uri and self.parent_run_id:
+            tracking.end_search(self.mlflow_uri, self.parent_run_id, best, "KILLED" if interrupted else "FINISHED")
+
+
+def start_watching(exp, settings, placement) -> Watch:
+    """The callbacks of the experiment `exp` (a tuner.search.Experiment): the progress line unless
+    exp.verbose (Ray's tables then), and Ray's MLflow logger under a parent run with exp.mlflow."""
+    import optuna
+
+    from tuner.run import progress  # imports Ray Tune: not at tuner.search's import
+
+    w = Watch(exp.summary_dir, exp.mlflow)
+    if not exp.verbose:  # Optuna logs a line per trial (and "Using an existing study" on a resume); Ray's
+        # new output prints a box and a TensorBoard hint even at verbose=0: its legacy reporter prints nothing
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        w.callbacks.append(progress.for_search(settings, resumed=exp.resumed))
+    if w.mlflow_uri:
+        w.parent_run_id = tracking.start_search(w.mlflow_uri, exp.name, settings, placement, exp.summary_dir)
+        w.callbacks.append(tracking.trial_callback(w.mlflow_uri, w.parent_run_id, settings.max_epochs))
+        say(f"MLflow: {w.mlflow_uri}, experiment {tracking.EXPERIMENT}, parent run {w.parent_run_id}")
+    say(f"live Optuna study: optuna-dashboard {study.storage_url(exp.summary_dir / study.FILE)}")
+    return w
 
 
 @dataclass(frozen=True)
@@ -23,7 +60,7 @@ class SearchRun:
     grid: object  # ray.tune.ResultGrid
     seconds: float
     stopped_by_budget: bool  # Ray's time_budget_s stopped trials still running
-    watching: watch.Watch  # the progress line and MLflow runs, ended after publishing
+    watching: Watch  # the progress line and MLflow runs, ended after publishing
 
 
 def run_trials(exp, plan: SearchPlan) -> SearchRun | None:
@@ -31,10 +68,10 @@ def run_trials(exp, plan: SearchPlan) -> SearchRun | None:
     interrupted: its state is saved, the line saying how to resume printed, and Ray disconnected."""
     from ray import tune
 
-    from tuner.trainable import train_s5
+    from tuner.run.trainable import train_s5
 
     settings = plan.settings
-    watching = watch.start(exp, settings, plan.placement)
+    watching = start_watching(exp, settings, plan.placement)
     trainable = tune.with_resources(
         tune.with_parameters(train_s5, base=settings.trial_config(), data_dir=exp.data_dir,
                              checkpoint_every=settings.checkpoint_every),
@@ -52,11 +89,11 @@ def run_trials(exp, plan: SearchPlan) -> SearchRun | None:
         grid = tuner.fit()
     except KeyboardInterrupt:
         grid = None
-    unfinished = grid is not None and cluster.unfinished(grid, settings.num_samples)
+    ended_early = grid is not None and unfinished(grid, settings.num_samples)
     # Ray's time_budget_s stops the trials as Ctrl-C does; only the time taken tells them apart.
     hard_stop = settings.search_time_budget_s
-    by_budget = unfinished and hard_stop is not None and time.time() - start >= hard_stop
-    if grid is None or (unfinished and not by_budget):
+    by_budget = ended_early and hard_stop is not None and time.time() - start >= hard_stop
+    if grid is None or (ended_early and not by_budget):
         with sigint_ignored():  # one more Ctrl-C must not cut ray.shutdown() and leave Ray running
             watching.end(None, interrupted=True)  # first: it ends the progress line
             say(f"search interrupted; its state is saved. Resume with: {exp.resume_command}")
@@ -83,15 +120,10 @@ def build_tuner(trainable, settings: SearchSettings, placement, storage: str, na
                 warm: tuple[list[dict], list[float]] | None = None, summary_dir=None,
                 callbacks: list | None = None, verbose: bool = False):
     """summary_dir: the Optuna study lives in <summary_dir>/study.db from the first trial (None: in
-    memory). callbacks: the progress line, MLflow (tuner.watch); verbose: Ray's tables instead."""
-    import optuna
+    memory). callbacks: the progress line, MLflow (start_watching); verbose: Ray's tables instead."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    if not verbose:  # Optuna logs a line per trial; Ray's new output prints a box and a TensorBoard
-        # hint to its session folder even at verbose=0: its legacy reporter prints nothing there
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=RUNG_METRIC, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     return tune.Tuner(
@@ -115,8 +147,8 @@ def searcher(settings: SearchSettings, name: str, warm, summary_dir):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.searcher import live_searcher
-    from tuner.study import FILE
+    from tuner.run.searcher import live_searcher
+    from tuner.run.study import FILE
 
     points, rewards = warm or ([dict(SEED_CONFIG)] + (SMOKE_POINTS if settings.fidelity_mode == "smoke" else []), None)
     kw = dict(points_to_evaluate=points, evaluated_rewards=rewards,
@@ -124,3 +156,10 @@ def searcher(settings: SearchSettings, name: str, warm, summary_dir):
     if summary_dir is None:
         return OptunaSearch(metric=METRIC, mode=MODE, **kw)
     return live_searcher(summary_dir / FILE, name, settings.max_epochs, **kw)
+
+
+def unfinished(grid, num_samples: int) -> bool:
+    """True when the run was interrupted: fewer trials than asked for, or one not yet ended (Ray
+    marks a trial stopped by Ctrl-C TERMINATED like a finished one: results.cut_short tells them apart)."""
+    return (len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)
+            or any(cut_short(r) for r in grid))

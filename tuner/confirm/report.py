@@ -1,13 +1,9 @@
-"""The confirm stage: the search's top K configs and the seed's config, trained with the same seeds
-at one recipe as Ray tasks; the winner is chosen on val, then compared with the seed's config on test.
-
-Which images each part reads (recipe.train_split "train", the default):
-- trains on the 50k train split (or recipe.train_size of it, drawn per seed);
-- selects the winner on the whole 10k val split (the last epoch's val_acc, mean over seeds);
-- tests every run once on the 10k test split, after training: the paired verdict reads only that.
-"train+val" is the seed's own 60k recipe: with nothing left to select on, it takes one config besides the
-seed's (`tuner.retrain --config`); its per-epoch curves are on test, as the seed logged them, and choose nothing.
-"""
+"""The confirm stage: the search's top K configs and the seed's config, trained with the same seeds at one recipe as
+Ray tasks; the winner is chosen on val, then compared with the seed's config on test. Recipe "train" (the default)
+trains on the 50k train split (or recipe.train_size of it, drawn per seed), selects the winner on the whole 10k val
+split (last epoch's val_acc, mean over seeds) and tests every run once on the 10k test split: the paired verdict reads
+only that. "train+val", the seed's own 60k recipe, has nothing to select on: it takes one config besides the seed's
+(`tuner.retrain --config`); its per-epoch curves are on test, as the seed logged them, and choose nothing."""
 
 from __future__ import annotations
 
@@ -19,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mnist_net.data import N_TRAIN, N_VAL
-from tuner import stats
+from mnist_net.data import N_VAL
+from tuner.confirm import stats
+from tuner.confirm.recipe import Recipe
 from tuner.space import METRIC, PARAMS, SEED_CONFIG
 
 SEED_LABEL = "seed_config"
 OK_STATUS = ("finished", "stopped")
-SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}  # the images a recipe's split trains on
 
 
 @dataclass(frozen=True)
@@ -40,38 +36,12 @@ class Candidate:
         return self.label == SEED_LABEL
 
 
-@dataclass(frozen=True)
-class Recipe:
-    seeds: int
-    epochs: int
-    train_size: int | None = None  # None = the whole split
-    train_split: str = "train"  # or "train+val": the seed's 60k, no selection
-
-    def __post_init__(self) -> None:
-        if self.train_split not in ("train", "train+val"):
-            raise ValueError(f"train_split must be 'train' or 'train+val', got {self.train_split!r}")
-        if min(self.seeds, self.epochs, self.train_size or 1) < 1:
-            raise ValueError(f"a recipe needs positive seeds, epochs and images, got {self}")
-
-    @property
-    def selects(self) -> bool:
-        return self.train_split == "train"
-
-    def images(self) -> int:
-        return min(self.train_size or SPLIT_SIZES[self.train_split], SPLIT_SIZES[self.train_split])
-
-    def describe(self) -> str:
-        return (f"{self.seeds} seed(s) x {self.epochs} epoch(s) on {self.images():,} images of "
-                f"{self.train_split}" + ("; winner chosen on val, verdict on test" if self.selects else ""))
-
-
 def _same(a: dict, b: dict) -> bool:
     return all(math.isclose(float(a[p]), float(b[p]), rel_tol=1e-9) for p in PARAMS)
 
 
 def candidates(trials: pd.DataFrame, top: int) -> list[Candidate]:
-    """The `top` best distinct configs of a search's trials.csv (by their proxy score, ties to the
-    earlier trial), then the seed's config with its own proxy score when the search ran it."""
+    """The `top` best distinct configs by proxy score (ties: the earlier trial), then the seed's (its score if run)."""
     ok = trials[trials["status"].isin(OK_STATUS) & trials["best_val_acc"].notna()]
     ok = ok.sort_values(["best_val_acc", "trial"], ascending=[False, True], kind="stable")
     chosen: list[Candidate] = []
@@ -100,8 +70,7 @@ def summarize_runs(runs: list[dict]) -> dict:
 
 
 def select(cands: list[Candidate], summaries: dict[str, dict]) -> tuple[Candidate, Candidate, str]:
-    """(winner, challenger, why): the winner has the best mean val_acc over seeds (diverged runs score
-    chance); the challenger is the best searched config, which the verdict compares with the seed's."""
+    """(winner, challenger, why): best mean val_acc over seeds (diverged: chance); best searched, for the verdict."""
     searched = [c for c in cands if not c.is_seed]
     if len(searched) == 1 and summaries[searched[0].label]["val_acc_mean"] is None:  # the 60k recipe: no val
         return searched[0], searched[0], "one config besides the seed's: nothing to select"
@@ -151,16 +120,14 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
                                           (f"{role} ({challenger.label})", "the seed's config"))
     entry = {c.label: {"label": c.label, "config": c.config, "proxy_val_acc": c.proxy_val_acc,
                        "trial_id": c.trial_id, **summaries[c.label]} for c in cands}
-    return {
-        "epochs": recipe.epochs, "seeds": summaries[seed.label]["seeds"], "recipe": asdict(recipe),
-        "candidates": [entry[c.label] for c in cands],
-        "winner": {"label": winner.label, "config": winner.config, "why": why},
-        "best": entry[challenger.label], SEED_LABEL: entry[seed.label],
-        "comparison": comparison, "ranking": rank, "warnings": warnings,
-        "budget": {"epochs": recipe.epochs, "train_images": recipe.images(), "train_split": recipe.train_split,
-                   "select_images": N_VAL if recipe.selects else 0, "test_images": len(test_labels),
-                   "seeds": recipe.seeds},
-    }
+    return {"epochs": recipe.epochs, "seeds": summaries[seed.label]["seeds"], "recipe": asdict(recipe),
+            "candidates": [entry[c.label] for c in cands],
+            "winner": {"label": winner.label, "config": winner.config, "why": why},
+            "best": entry[challenger.label], SEED_LABEL: entry[seed.label],
+            "comparison": comparison, "ranking": rank, "warnings": warnings,
+            "budget": {"epochs": recipe.epochs, "train_images": recipe.images(), "train_split": recipe.train_split,
+                       "select_images": N_VAL if recipe.selects else 0, "test_images": len(test_labels),
+                       "seeds": recipe.seeds}}
 
 
 def lines(rep: dict) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import tempfile
 import warnings
@@ -12,42 +11,24 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_net import files
-from tuner.space import CHANCE_ACC, EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, optuna_distributions
+from tuner import space
+from tuner.space import EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, study_value
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")  # optuna's plot_<name>
-
-
-def trial_number(trial_id: str, path: str) -> int:
-    """Creation order, from Ray's trial folder name: 'train_s5_<id>_3_batch_size=...' -> 3."""
-    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_", Path(path).name)
-    return int(match.group(1)) if match else 10**9
-
-
-def ray_trial_id(result) -> str:
-    """A Ray Result's trial id, from its last report, or its folder's name if it never reported."""
-    return (result.metrics or {}).get("trial_id") or Path(result.path).name
-
-
-def cut_short(result) -> bool:
-    """Neither errored nor ended on its own. Only a trial that returned or that the scheduler stopped
-    has done=True in its last result; on Ctrl-C or the time budget Ray 2.60 stops the running trials
-    and marks them TERMINATED like finished ones."""
-    return result.error is None and not (result.metrics or {}).get("done")
 
 
 def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per trial, one row per trial-epoch) from a ResultGrid."""
     rows, epochs = [], []
     for result in grid:
-        trial_id = ray_trial_id(result)
+        trial_id = space.ray_trial_id(result)
         history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         if not history.empty:
-            # A retried or resumed trial trains again the epochs after its last checkpoint
-            # (train_s5's checkpoint_every): keep each epoch's last report.
+            # A retried or resumed trial retrains the epochs after its last checkpoint: keep each epoch's last report.
             history = history.drop_duplicates(TIME_ATTR, keep="last").reset_index(drop=True)
             epochs += [{"trial_id": trial_id, "epoch": int(rec[TIME_ATTR]),
                         **{k: rec.get(k) for k in (*EPOCH_METRICS, "peak_rss_mb")}} for _, rec in history.iterrows()]
-        rows.append({"trial": trial_number(trial_id, result.path),
+        rows.append({"trial": space.trial_number(trial_id, result.path),
                      **trial_row(trial_id, result.config or {}, history, result.error, max_epochs)})
     trials = pd.DataFrame(rows).sort_values("trial", kind="stable").reset_index(drop=True)
     trials["best_epoch"] = trials["best_epoch"].astype("Int64")  # stays an integer beside an errored trial
@@ -57,22 +38,18 @@ def tables(grid, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epochs: int) -> dict:
     ran = int(history[TIME_ATTR].max()) if not history.empty else 0
     diverged = bool(not history.empty and history["diverged"].fillna(False).astype(bool).any())
-    status = ("errored" if error is not None else "diverged" if diverged
-              else "finished" if ran >= max_epochs else "stopped")  # stopped: by ASHA
+    status = space.trial_status(errored=error is not None, diverged=diverged, epochs_run=ran, max_epochs=max_epochs)
     val = history[METRIC] if not history.empty else pd.Series(dtype=float)
     best_idx = val.idxmax() if val.notna().any() else None
-    # Ray wraps a trial's exception in a RayTaskError whose text is a coloured traceback that would
-    # fill the column before reaching the message; show the cause.
+    # Ray wraps a trial's exception in a RayTaskError: a coloured traceback that fills the column; show the cause.
     cause = getattr(error, "cause", None) or error
-    return {
-        "trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
-        "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
-        "best_epoch": int(history.loc[best_idx, TIME_ATTR]) if best_idx is not None else None,
-        "last_val_acc": float(val.iloc[-1]) if len(val) else math.nan,
-        "epochs_run": ran, "stopped_early": status == "stopped", "status": status,
-        "wall_time_s": float(history["time_total_s"].iloc[-1]) if not history.empty else 0.0,
-        "error": None if error is None else f"{type(cause).__name__}: {cause}"[:300],
-    }
+    return {"trial_id": trial_id, **{p: config.get(p) for p in PARAMS},
+            "best_val_acc": float(val[best_idx]) if best_idx is not None else math.nan,
+            "best_epoch": int(history.loc[best_idx, TIME_ATTR]) if best_idx is not None else None,
+            "last_val_acc": float(val.iloc[-1]) if len(val) else math.nan,
+            "epochs_run": ran, "stopped_early": status == "stopped", "status": status,
+            "wall_time_s": float(history["time_total_s"].iloc[-1]) if not history.empty else 0.0,
+            "error": None if error is None else f"{type(cause).__name__}: {cause}"[:300]}
 
 
 class NoFinishedTrial(RuntimeError):
@@ -96,11 +73,10 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, name: str):
-    """An Optuna study rebuilt from the trials, saved as SQLite. A trial's value is its last reported
-    val_acc (what OptunaSearch saw); a diverged trial scores chance; an errored one is FAIL."""
+    """The trials as an Optuna SQLite study: value = last val_acc (as OptunaSearch saw), chance if diverged, or FAIL."""
     import optuna
 
-    dists = optuna_distributions()
+    dists = space.optuna_distributions()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_db = Path(tmp) / "study.db"
         study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_db}",
@@ -108,13 +84,11 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, 
         for _, row in trials.iterrows():
             if any(pd.isna(row[p]) for p in PARAMS):
                 continue  # a trial whose actor never started has no config to record
-            errored = row["status"] == "errored" or math.isnan(row["last_val_acc"])
-            value = CHANCE_ACC if row["status"] == "diverged" else row["last_val_acc"]
+            value = study_value(row["status"], row["last_val_acc"])
             steps = epochs[epochs["trial_id"] == row["trial_id"]] if not epochs.empty else epochs
             study.add_trial(optuna.trial.create_trial(
-                params={p: _native(row[p]) for p in PARAMS}, distributions=dists,
-                value=None if errored else float(value),
-                state=optuna.trial.TrialState.FAIL if errored else optuna.trial.TrialState.COMPLETE,
+                params={p: _native(row[p]) for p in PARAMS}, distributions=dists, value=value,
+                state=optuna.trial.TrialState.FAIL if value is None else optuna.trial.TrialState.COMPLETE,
                 intermediate_values={int(r.epoch): float(r.val_acc) for r in steps.itertuples()
                                      if r.val_acc == r.val_acc},
                 user_attrs={"ray_trial_id": row["trial_id"], "status": row["status"],

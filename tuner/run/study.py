@@ -1,14 +1,9 @@
-"""The Optuna study, live in results/<name>/study.db from the first trial (optuna-dashboard reads it).
-
-tuner.searcher writes it during the search; this module (no Ray) checks it before a --resume and settles
-it on publishing: trials Ray never told the searcher about (cut by the time budget, or orphaned by a
-kill) get their final status.
-"""
+"""The live Optuna study, results/<name>/study.db from the first trial (optuna-dashboard reads it), written by
+run.searcher; here (no Ray) it is checked before a --resume and settled on publishing (each trial's final status)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sqlite3
 import tempfile
@@ -17,7 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 from mnist_net import files
-from tuner.space import CHANCE_ACC, TIME_ATTR
+from tuner.space import study_value
 
 FILE = "study.db"
 LOCK_WAIT_S = 30  # a reader (the dashboard, the notebook) holds the file for milliseconds
@@ -41,16 +36,8 @@ def rdb_storage(path: Path):
             time.sleep(0.2)  # then it exists: the next try finds it
 
 
-def trial_status(result: dict | None, error: bool, max_epochs: int) -> str:
-    """The status tuner.results.trial_row gives the same trial from its history."""
-    result = result or {}
-    return ("errored" if error else "diverged" if result.get("diverged")
-            else "finished" if result.get(TIME_ATTR, 0) >= max_epochs else "stopped")
-
-
 def check(path: Path, name: str) -> None:
-    """Before a --resume: ValueError (one line, naming the file) if the study cannot be written.
-    Reads only: a locked or corrupt file is left exactly as it was."""
+    """Before a --resume: ValueError (one line, naming the file) if the study cannot be written; reads only."""
     if not path.is_file():
         raise ValueError(f"cannot resume: {path} is missing; the search's Optuna study lives there "
                          "(put it back, e.g. from a backup, and resume again)")
@@ -72,15 +59,8 @@ def check(path: Path, name: str) -> None:
         raise ValueError(f"cannot resume: {path} holds no study named {name!r}; nothing was changed")
 
 
-def is_live(experiment_dir: Path) -> bool:
-    """Whether Ray's saved searcher state writes to an RDB study (a search started before the
-    live study kept it in memory, and publish then builds study.db from the trials)."""
-    return any(b"sqlite:" in p.read_bytes() for p in Path(experiment_dir).glob("searcher-state-*.pkl"))
-
-
 def settle(path: Path, name: str, trials):
-    """Publish the live study: a settled copy (finish) replaces it atomically, so a failed write
-    leaves the live file as it was (tuner.publish's all-or-nothing files). Returns the study."""
+    """Publish the live study (returned): a settled copy (finish) replaces it atomically, or a failed write keeps it."""
     import optuna
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +74,8 @@ def settle(path: Path, name: str, trials):
 
 
 def finish(path: Path, name: str, trials) -> None:
-    """Give every trial Ray ran its published status and epochs. One still RUNNING in the study
-    (cut by the time budget, or left by a kill) is completed with its last val_acc, as
-    tuner.results.build_study records it; one Ray never started fails."""
+    """Give every trial Ray ran its published status and epochs. One still RUNNING in the study (cut by the time
+    budget, or left by a kill) completes with its last val_acc, as build_study records it; one never started fails."""
     import optuna
 
     storage = rdb_storage(path)
@@ -107,18 +86,13 @@ def finish(path: Path, name: str, trials) -> None:
         trial = optuna.Trial(study, ft._trial_id)
         if row is None:
             trial.set_user_attr("status", "never_started")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            continue
-        trial.set_user_attr("epochs_run", int(row["epochs_run"]))
-        value = CHANCE_ACC if row["status"] == "diverged" else row["last_val_acc"]
-        if row["status"] == "errored" or value is None or math.isnan(value):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
-            study.tell(trial, float(value))
+            trial.set_user_attr("epochs_run", int(row["epochs_run"]))
+        value = None if row is None else study_value(row["status"], row["last_val_acc"])
+        study.tell(trial, value, state=optuna.trial.TrialState.FAIL if value is None else None)
     ids = {ft.user_attrs.get("ray_trial_id"): ft._trial_id for ft in study.get_trials(deepcopy=False)}
     storage.engine.dispose()
-    # A finished trial's attributes are read-only through Optuna; the status the searcher saw may
-    # differ from the published one (budget_stopped), so set it in this private copy's table.
+    # Optuna freezes finished trials; their published status may differ (budget_stopped): set it in this copy's table.
     with sqlite3.connect(path) as conn:
         for ray_id, row in by_ray.items():
             if ray_id in ids:
@@ -126,3 +100,12 @@ def finish(path: Path, name: str, trials) -> None:
                 conn.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, 'status', ?)",
                              (ids[ray_id], json.dumps(row["status"])))
     conn.close()
+
+
+def check_resume(summary_dir: Path, experiment_dir: str, name: str) -> None:
+    """ValueError (one line naming the file) if the study a --resume continues is missing, locked or corrupt; none for a
+    search started before the live study (its saved searcher state names no sqlite: study; publish builds study.db)."""
+    local = "://" not in experiment_dir
+    live = local and any(b"sqlite:" in p.read_bytes() for p in Path(experiment_dir).glob("searcher-state-*.pkl"))
+    if live or (summary_dir / FILE).exists():
+        check(summary_dir / FILE, name)

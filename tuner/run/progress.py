@@ -1,13 +1,9 @@
-"""One live progress line for a search (a Ray Tune callback), and a bar for the stages after it.
-
-The search's line, refreshed about once a second (tqdm: a terminal line, a widget in Jupyter):
+"""A live progress line for a search (a Ray Tune callback; tqdm, refreshed ~1/s), and a bar for the stages after it:
 
     search 12/32 [6 finished, 6 stopped, 2 running] best 98.71% (lr 0.0412, m 0.874, bs 64) | 4:02 < ETA 9:30
 
-Stopped = ended early by ASHA (or diverged); errored trials count as ended too. The ETA moves from
-the plan's prediction towards the observed rate as trials end; without a plan it is the observed
-rate alone, shown once a trial has ended.
-"""
+Stopped = ended early by ASHA; diverged and errored trials count as ended too. The ETA moves from the plan's
+prediction towards the observed rate as trials end; without a plan it is the observed rate, once a trial has ended."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ from dataclasses import dataclass, field
 from ray.tune import Callback
 from tqdm.auto import tqdm
 
-from tuner.space import METRIC, TIME_ATTR
+from tuner.space import METRIC, TIME_ATTR, status_from_result
 
 REFRESH_S = 1.0  # Ray's controller loop steps many times a second; the line needs far fewer
 
@@ -30,8 +26,7 @@ def clock(seconds: float) -> str:
 
 
 def runs_bar(total: int, predicted_s: float | None, desc: str):
-    """A tqdm bar for `total` runs of a later stage (the confirm stage), its note the predicted time
-    at first: `.update(1)` as each run ends, `.set_postfix_str(text)` for a note, `.close()` at the end."""
+    """A tqdm bar for `total` runs of a later stage (confirm), noting the predicted time until a postfix replaces it."""
     fmt = "{desc} {n_fmt}/{total_fmt} runs |{bar:20}| {elapsed} elapsed{postfix}"
     bar = tqdm(total=total, desc=desc, bar_format=fmt, dynamic_ncols=True)
     if predicted_s is not None:
@@ -53,15 +48,12 @@ class Tally:
     best: tuple[float, dict] | None = None
 
     def update(self, trials) -> None:
-        counts = {"finished": 0, "stopped": 0, "errored": 0, "running": 0}
-        epochs = 0
+        counts, epochs = {"finished": 0, "stopped": 0, "diverged": 0, "errored": 0, "running": 0}, 0
         for t in trials:
             last = t.last_result or {}
             epochs += int(last.get(TIME_ATTR, 0) or 0)
-            if t.status == "ERROR":
-                counts["errored"] += 1
-            elif t.status == "TERMINATED":
-                counts["finished" if last.get(TIME_ATTR, 0) >= self.max_epochs else "stopped"] += 1
+            if t.status in ("ERROR", "TERMINATED"):
+                counts[status_from_result(last, t.status == "ERROR", self.max_epochs)] += 1
             elif t.status == "RUNNING":
                 counts["running"] += 1
             peak = (t.metric_analysis.get(METRIC) or {}).get("max")
@@ -71,7 +63,7 @@ class Tally:
 
     @property
     def ended(self) -> int:
-        return self.counts.get("finished", 0) + self.counts.get("stopped", 0) + self.counts.get("errored", 0)
+        return sum(n for status, n in self.counts.items() if status != "running")
 
     def eta(self, elapsed: float) -> float | None:
         """Seconds left: the plan's total blended with the observed one, weighted by trials ended."""
@@ -83,14 +75,12 @@ class Tally:
             total = observed if total is None else (1 - w) * total + w * observed
         if total is None:
             return None
-        if self.hard_stop_s is not None:
-            total = min(total, self.hard_stop_s)
-        return max(total - elapsed, 0.0)
+        return max(min(total, self.hard_stop_s if self.hard_stop_s is not None else total) - elapsed, 0.0)
 
     def postfix(self, elapsed: float) -> str:
         c = self.counts
         parts = [f"[{c.get('finished', 0)} finished, {c.get('stopped', 0)} stopped, {c.get('running', 0)} running"
-                 + (f", {c['errored']} errored]" if c.get("errored") else "]")]
+                 + "".join(f", {c[s]} {s}" for s in ("diverged", "errored") if c.get(s)) + "]"]
         if self.best is not None:
             acc, cfg = self.best
             parts.append(f"best {acc:.2f}% (lr {cfg.get('lr', 0):.3g}, m {cfg.get('momentum', 0):.3f}, "
@@ -101,8 +91,7 @@ class Tally:
 
 
 class SearchProgress(Callback):
-    """Ray Tune callback drawing the Tally as one tqdm line. Ray pickles the run config (and so
-    this callback) for a --resume: the bar is made in setup() and never pickled."""
+    """Draws the Tally as one tqdm line; the bar is made in setup(), never pickled (Ray pickles it for a --resume)."""
 
     def __init__(self, tally: Tally, desc: str = "search"):
         self.tally, self.desc = tally, desc
@@ -128,8 +117,7 @@ class SearchProgress(Callback):
         self.close()
 
     def close(self) -> None:
-        """End the line (also after Ctrl-C, where Tune calls no on_experiment_end), so that what
-        is printed next starts on a line of its own."""
+        """End the line (also after Ctrl-C: Tune then calls no on_experiment_end), so later output starts anew."""
         if self._bar is not None and not self._bar.disable:
             self._bar.close()  # tqdm: once; its desc (the line) stays readable
 
@@ -145,7 +133,7 @@ class SearchProgress(Callback):
 
 def for_search(settings, resumed: bool) -> SearchProgress:
     """The search's line; a resume has no prediction for what is left, so it shows the observed rate."""
-    from tuner.budget import expected_epochs
+    from tuner.fidelity import expected_epochs
 
     plan = settings.budget_plan
     predicted = plan.predicted.search_s if plan is not None and plan.predicted is not None else None

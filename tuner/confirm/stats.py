@@ -1,10 +1,6 @@
-"""Paired statistics for "is the best config better than the seed's?" on the same test images.
-
-Both models of a seed are scored on the same 10k test images, so the comparison is paired:
-McNemar's exact test per seed (Dietterich 1998) on the images where exactly one model is right,
-and a 95 % confidence interval for the mean accuracy difference across seeds. scipy does the
-distributions; this module only counts and formats.
-"""
+"""Paired statistics for "is the best config better than the seed's?": both models of a seed see the same 10k test
+images, so McNemar's exact test per seed (Dietterich 1998) on the images exactly one gets right, and a 95 % confidence
+interval for the mean accuracy difference across seeds. scipy does the distributions; this module counts and formats."""
 
 from __future__ import annotations
 
@@ -26,8 +22,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     if correct_a.shape != correct_b.shape:
         raise ValueError(f"predictions differ in length: {correct_a.shape} vs {correct_b.shape}")
-    b = int(np.sum(correct_a & ~correct_b))
-    c = int(np.sum(~correct_a & correct_b))
+    b, c = int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b))
     p = stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
     return {"b": b, "c": c, "pvalue": float(p), "diff_pp": 100.0 * (b - c) / max(len(correct_a), 1)}
 
@@ -56,8 +51,7 @@ def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float
 
 
 def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> dict:
-    """Per-seed McNemar and the CI of the mean difference (best - seed config, pp) over seeds;
-    correct_*[i] is seed i's boolean array over the test images (right or wrong)."""
+    """Per-seed McNemar and the CI of the mean best - seed difference (pp); correct_*[i]: seed i's right/wrong array."""
     per_seed = [mcnemar(a, b) for a, b in zip(correct_best, correct_seed, strict=True)]
     acc_best = [100.0 * float(np.mean(a)) for a in correct_best]
     acc_seed = [100.0 * float(np.mean(b)) for b in correct_seed]
@@ -75,19 +69,12 @@ def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> d
             "mcnemar": per_seed, "acc_best": acc_best, "acc_seed_config": acc_seed}
 
 
-def _pvalues(pvalues: list[float]) -> str:
-    if all(p < 0.001 for p in pvalues):
-        return "McNemar p < 0.001" + (" for each seed" if len(pvalues) > 1 else "")
-    return "McNemar p = " + ", ".join(f"{p:.2g}" for p in pvalues) + (" per seed" if len(pvalues) > 1 else "")
-
-
 def _interval(low: float, high: float) -> str:
     return f"{low:.2f}–{high:.2f}" if low >= 0 else f"{low:.2f} to {high:.2f}"  # "-0.29–0.54" misreads
 
 
 def outcome(comparison: dict) -> str:
-    """Which of the four things the comparison says (A = the first config, B = the second). Only a t
-    interval over seeds speaks for seeds not run; per-seed McNemar speaks for these seeds."""
+    """Which of the four outcomes (A = first config, B = second); only a t interval over seeds speaks for new seeds."""
     low, high = comparison["ci_low_pp"], comparison["ci_high_pp"]
     if comparison.get("ci_method", "").startswith("paired t") and math.isfinite(low):
         if low > 0:
@@ -107,8 +94,7 @@ def outcome(comparison: dict) -> str:
 
 
 def seeds_to_decide(diffs: list[float], confidence: float = CONFIDENCE) -> int | None:
-    """The fewest seeds whose t interval would exclude 0 if the per-seed differences kept their mean
-    and spread; None when the spread is unknown (one seed, or identical differences)."""
+    """Fewest seeds whose t interval would exclude 0 at this mean and spread; None if the spread is unknown (< 2)."""
     if len(diffs) < 2 or np.ptp(diffs) == 0:
         return None
     mean, sd = abs(float(np.mean(diffs))), float(np.std(diffs, ddof=1))
@@ -128,21 +114,21 @@ def _per_seed(comparison: dict) -> str:
     return ", ".join(f"{d:+.2f}" for d in comparison["diff_pp"]) + " pp"  # A - B
 
 
-def verdict(comparison: dict, epochs: int, train_images: int, names: tuple[str, str] = ("best", "the seed's config")
-            ) -> str:
+def verdict(comparison: dict, epochs: int, train_images: int,
+            names: tuple[str, str] = ("best", "the seed's config")) -> str:
     """One line: which of the four outcomes, by how much, the numbers behind it, and at which budget."""
     low, high, mean = comparison["ci_low_pp"], comparison["ci_high_pp"], comparison["mean_diff_pp"]
-    seeds = len(comparison["mcnemar"])
-    a, b = names
+    (a, b), seeds = names, len(comparison["mcnemar"])
     pct = int(round(100 * comparison["confidence"]))
-    p = _pvalues([m["pvalue"] for m in comparison["mcnemar"]])
+    ps = [m["pvalue"] for m in comparison["mcnemar"]]
+    p = ("McNemar p < 0.001" + (" for each seed" if seeds > 1 else "") if all(x < 0.001 for x in ps)
+         else "McNemar p = " + ", ".join(f"{x:.2g}" for x in ps) + (" per seed" if seeds > 1 else ""))
     images = f"{train_images // 1000}k" if train_images % 1000 == 0 else f"{train_images:,}"  # 60k, 1,024
     at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images} images, {seeds} seed{'s' * (seeds != 1)}"
     kind = outcome(comparison)
-    if kind == "better":
-        return f"{a} beats {b} by {mean:.2f} pp on test across seeds ({pct} % CI {_interval(low, high)}, {p}) {at}"
-    if kind == "worse":
-        return f"{b} beats {a} by {-mean:.2f} pp on test across seeds ({pct} % CI {_interval(-high, -low)}, {p}) {at}"
+    if kind in ("better", "worse"):
+        up, down, by, lo, hi = (a, b, mean, low, high) if kind == "better" else (b, a, -mean, -high, -low)
+        return f"{up} beats {down} by {by:.2f} pp on test across seeds ({pct} % CI {_interval(lo, hi)}, {p}) {at}"
     if kind in ("better_on_every_seed", "worse_on_every_seed"):
         winner, loser = (a, b) if kind == "better_on_every_seed" else (b, a)
         need = seeds_to_decide(comparison["diff_pp"])
@@ -153,5 +139,4 @@ def verdict(comparison: dict, epochs: int, train_images: int, names: tuple[str, 
     if kind == "disagree":
         return (f"the seeds disagree: {a} - {b} {_per_seed(comparison)} per seed ({p}), significant both ways; "
                 f"neither config is better {at}")
-    return (f"no significant difference on test ({a} - {b} {mean:+.2f} pp, {pct} % CI "
-            f"{_interval(low, high)}, {p}) {at}")
+    return f"no significant difference on test ({a} - {b} {mean:+.2f} pp, {pct} % CI {_interval(low, high)}, {p}) {at}"

@@ -1,7 +1,5 @@
-"""MLflow tracking of a search (`--mlflow URI`, extra `[mlflow]`) with MLflow's client and Ray's
-MLflowLoggerCallback: a parent run per search named after it (settings, plan), a nested run per trial
-(params, per-epoch metrics, final status) and one for the final stage (`log_final`). The parent's ids
-are saved as <summary>/mlflow.json, so a later stage (or a --resume) finds them."""
+"""MLflow tracking of a search (`--mlflow URI`, extra `[mlflow]`): a parent run per search (settings, plan), a nested
+run per trial (Ray's MLflowLoggerCallback) and one for the final stage; <summary>/mlflow.json keeps the parent's ids."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ import os
 from pathlib import Path
 
 from mnist_net import files
-from tuner.study import trial_status
+from tuner.space import status_from_result
 
 EXPERIMENT = "mnist-s5-tuner"
 LINK_FILE = "mlflow.json"
@@ -28,8 +26,7 @@ def _client(uri: str):
 
 
 def uri_arg(uri: str) -> str:
-    """argparse type for --mlflow: the URI, once MLflow can write there (ArgumentTypeError otherwise),
-    so a bad one ends the command before Ray starts."""
+    """argparse type for --mlflow: the URI once MLflow can write there; a bad one ends the command before Ray starts."""
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -81,7 +78,7 @@ def trial_callback(uri: str, parent_run_id: str, max_epochs: int):
         def log_trial_end(self, trial, failed: bool = False):
             run_id = self._trial_runs.get(trial)
             if run_id is not None:
-                _client(uri).set_tag(run_id, "status", trial_status(trial.last_result, failed, max_epochs))
+                _client(uri).set_tag(run_id, "status", status_from_result(trial.last_result, failed, max_epochs))
             super().log_trial_end(trial, failed)
 
     _client(uri)  # the file-store opt-in, before Ray's callback opens the store
@@ -102,8 +99,7 @@ def end_search(uri: str, parent_run_id: str, best: dict | None, status: str = "F
 
 
 def log_final(uri: str, parent_run_id: str, report: dict, name: str = "confirm") -> str:
-    """A nested run for the final (confirm) stage: its numbers as metrics, its strings as tags
-    (the verdict line among them), the whole report as report.json. Returns the run's id."""
+    """A nested run for the final stage: numbers as metrics, strings as tags (the verdict too), report.json; its id."""
     client = _client(uri)
     parent = client.get_run(parent_run_id)
     run_id = client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name}-{name}",

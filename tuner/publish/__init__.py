@@ -1,0 +1,1 @@
+"""Stage 4 of a search: the files a finished search leaves in results/."""
