@@ -50,6 +50,9 @@ def test_a_driver_machine_without_a_ray_node_is_told_at_once(monkeypatch):
         one_line_error("10.0.0.5:6379")
 
 
-def test_ray_client_address_with_nothing_listening_fails_fast():
+def test_ray_client_is_refused_in_one_line_before_ray_starts():
     address = f"ray://127.0.0.1:{free_port()}"
-    assert one_line_error(address).startswith(f"no Ray Client server answers at {address}")
+    line = one_line_error(address)
+    assert line.startswith(f"--address {address}: Ray Client (ray://) is not supported; run the search on a node")
+    assert "ray start --head" not in line  # the head runs already: never tell the user to start one
+    assert not ray.is_initialized()

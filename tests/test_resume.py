@@ -27,12 +27,17 @@ pytestmark = [pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parents[1]
 # The session search's preset (tests/helpers_search.py): the 2nd checkpoint at epoch 2 forces Ray to snapshot
-# the experiment state.
+# the experiment state. Epochs of 2,048 images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run;
+# TPE's proposals do not depend on it.
+TRAIN_SIZE = 2048
 # An experiment the flat layout (tuner/*.py, commit 4997d4a, before the stage folders) saved, made there by
 # `python -m tuner.search --smoke-test --no-confirm --num-samples 4 --max-epochs 2 --train-size 4096
-# --eval-size 200 --max-concurrent 1 --name old` stopped with Ctrl-C after 3 trials had ended, the 4th
-# started; the ended trials' checkpoints were then removed (a resume never loads them): 30 kB.
+# --eval-size 200 --max-concurrent 1 --name old --out /tmp/s5-flat-layout-4997d4a/results` stopped with Ctrl-C
+# after 3 trials had ended, the 4th started; the ended trials' checkpoints were then removed (a resume never
+# loads them): 30 kB. Optuna pickles its SQLite study by absolute URL, so an experiment resumes where it was
+# saved: the test puts that folder back, as a link to where it unpacks the experiment.
 FLAT_LAYOUT = ROOT / "tests" / "data" / "experiment-flat-layout-4997d4a.tar.gz"
+SAVED_AT = Path("/tmp/s5-flat-layout-4997d4a")
 
 
 def snapshot(experiment: Path) -> dict[str, dict] | None:
@@ -80,7 +85,7 @@ def results(experiment: Path, trial_id: str) -> list[dict]:
 
 def uninterrupted_val_acc(config: dict, splits) -> list[float]:
     """The val_acc per epoch of the same trial run without a break, here, one thread like the trial."""
-    base = TrainConfig(epochs=MAX_EPOCHS, train_split="train", train_size=SMOKE["train_size"],
+    base = TrainConfig(epochs=MAX_EPOCHS, train_split="train", train_size=TRAIN_SIZE,
                        eval_size=SMOKE["eval_size"], seed=0)  # what the search gives its trials
     cfg = to_train_config(config, base)
     threads = torch.get_num_threads()
@@ -101,7 +106,7 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searc
     out = tmp_path / "results"
     experiment = out / "ray" / "r"
     argv = ["--smoke-test", "--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1", "--max-epochs",
-            str(MAX_EPOCHS), "--no-retrain", "--name", "r", "--out", str(out)]
+            str(MAX_EPOCHS), "--train-size", str(TRAIN_SIZE), "--no-retrain", "--name", "r", "--out", str(out)]
     log = tmp_path / "first_run.log"
     with open(log, "w") as fh:
         # its own session: the search, the local Ray it starts and Ray's workers are all in it
@@ -175,15 +180,25 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searc
 def test_an_experiment_saved_by_the_flat_layout_resumes(tmp_path):
     """Ray pickled that experiment's searcher and progress callback as tuner.searcher and tuner.progress:
     their old paths still import (tuner/__init__.py), so the stage folders' code resumes it to the end."""
+    if SAVED_AT.exists() or SAVED_AT.is_symlink():
+        pytest.skip(f"{SAVED_AT} is in use (another run of this test?)")
     out = tmp_path / "results"
     with tarfile.open(FLAT_LAYOUT) as tar:
         tar.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    SAVED_AT.symlink_to(tmp_path)
+    try:
+        resumed_flat_layout(out)
+    finally:
+        SAVED_AT.unlink()
+
+
+def resumed_flat_layout(out: Path) -> None:
     pickled = (out / "ray" / "old" / "tuner.pkl").read_bytes()
     assert b"tuner.searcher" in pickled and b"tuner.progress" in pickled
     before = snapshot(out / "ray" / "old")
     ended = {t: s["iteration"] for t, s in before.items() if s["status"] == "TERMINATED"}
     assert len(before) == 4 and len(ended) == 3
-    assert run_search(["--resume", "--name", "old", "--out", str(out), "--no-confirm"]) == 0
+    assert run_search(["--resume", "--name", "old", "--out", str(SAVED_AT / "results"), "--no-confirm"]) == 0
     trials = pd.read_csv(out / "old" / "trials.csv")
     assert sorted(trials["trial_id"]) == sorted(before) and (trials["status"] != "errored").all()
     assert {r.trial_id: r.epochs_run for r in trials.itertuples() if r.trial_id in ended} == ended

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
-from mnist_net.config import TrainConfig, is_int, is_number
+from mnist_net.config import PRECISIONS, TrainConfig, is_int, is_number
 from mnist_net.data import N_TRAIN, N_VAL
 from tuner.fidelity import FIDELITY_FIELDS, BudgetPlan, Fidelity, grace_period_for, reduction_factor_for
 
@@ -53,6 +53,7 @@ class SearchSettings:
     budget_plan: BudgetPlan | None = None  # what the time budget planned (tuner.plan.search_plan)
     checkpoint_every: int | None = None  # epochs between trial checkpoints; None = auto (trainable)
     compile_mode: str | None = None  # --compile-mode (mnist_net.cli); None = TrainConfig's own (eager)
+    precision: str = "auto"  # every trial's and confirm run's; plan.search_plan makes "auto" one on mixed nodes
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "max_epochs", "confirm_seeds"):
@@ -85,6 +86,8 @@ class SearchSettings:
         for name in ("train_size", "confirm_train_size"):
             if (getattr(self, name) or 0) > N_TRAIN:
                 raise ValueError(f"{name} {getattr(self, name)} exceeds the {N_TRAIN:,}-image train split")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODE_CHOICES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODE_CHOICES}, got {self.compile_mode!r}")
         if self.eval_size is not None and self.eval_size > N_VAL:
@@ -101,16 +104,16 @@ class SearchSettings:
     def trial_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from (Tune's sampled params replace lr, momentum, batch)."""
         return TrainConfig(epochs=self.max_epochs, train_split="train", train_size=self.train_size,
-                           eval_size=self.eval_size, seed=self.seed, **self.compile_changes())
+                           eval_size=self.eval_size, seed=self.seed, **self.train_changes())
 
     def fidelity(self) -> Fidelity:
         """The cost knobs as a budget.Fidelity, None read as the whole split (Fidelity.settings inverts it)."""
         return Fidelity(self.max_epochs, self.train_size or N_TRAIN, self.eval_size or N_VAL, self.confirm_seeds,
                         self.confirm_epochs or self.max_epochs, self.confirm_train_size or N_TRAIN)
 
-    def compile_changes(self) -> dict:
-        """TrainConfig fields for compile_mode, as every CLI reads --compile-mode."""
-        return compile_changes(argparse.Namespace(compile_mode=self.compile_mode))
+    def train_changes(self) -> dict:
+        """TrainConfig fields beyond the recipe: compile_mode (as every CLI reads --compile-mode), precision."""
+        return {**compile_changes(argparse.Namespace(compile_mode=self.compile_mode)), "precision": self.precision}
 
     @property
     def top(self) -> int:

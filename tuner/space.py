@@ -18,6 +18,8 @@ TIME_ATTR = "training_iteration"  # one iteration == one epoch
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "images_per_s", "epoch_seconds",
                  "eval_seconds")
 REPORTED = (*EPOCH_METRICS, "diverged")
+# Where a trial trained, reported with each epoch: its node, device and precision (trials.csv, the study).
+WHERE = ("node", "device", "precision")
 # What ASHA compares at its rungs: val_acc, ties broken by the lower val_loss. Trials still at chance
 # (a big batch before its first useful steps) tie exactly, and ASHA stops only a trial strictly
 # below its cutoff: in the AVX2-emulated default run (README) half the trials sat at 10.1 % after

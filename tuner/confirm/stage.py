@@ -99,7 +99,7 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
     epochs = pd.read_csv(summary_dir / "trial_epochs.csv").merge(trials[["trial_id", "batch_size"]], on="trial_id")
     recipe, predicted_s = confirm_recipe(settings, left_s, [c.config["batch_size"] for c in cands[:-1]],
                                                   epochs, plan.concurrent)
-    job = Job(cands, recipe, data_dir, summary_dir, str(summary_dir / "trials.csv"), settings.compile_changes())
+    job = Job(cands, recipe, data_dir, summary_dir, str(summary_dir / "trials.csv"), settings.train_changes())
     try:
         rep = execute(job, plan, predicted_s)
     except ray.exceptions.RayTaskError as err:

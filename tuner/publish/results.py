@@ -12,7 +12,7 @@ import pandas as pd
 
 from mnist_net import files
 from tuner import space
-from tuner.space import EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, study_value
+from tuner.space import EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, WHERE, study_value
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")  # optuna's plot_<name>
 
@@ -49,6 +49,7 @@ def trial_row(trial_id: str, config: dict, history: pd.DataFrame, error, max_epo
             "last_val_acc": float(val.iloc[-1]) if len(val) else math.nan,
             "epochs_run": ran, "stopped_early": status == "stopped", "status": status,
             "wall_time_s": float(history["time_total_s"].iloc[-1]) if not history.empty else 0.0,
+            **{k: history[k].iloc[-1] if k in history else None for k in WHERE},
             "error": None if error is None else f"{type(cause).__name__}: {cause}"[:300]}
 
 

@@ -13,6 +13,10 @@ HTTP_PROBE_S = 2
 GCS_PROBE_MS = 3000  # for the GCS's reply, after the ~4 s the probe allows for connecting
 GCS_PROBE_LIMIT_S = 20  # the probe process in all, Python and Ray's imports included
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
+# Ray Client cannot carry a search: ray[tune] installs no grpc, so no head serves ray://, and the driver writes
+# the study, the results and the confirm runs on its own disk: it belongs on a node of the cluster.
+CLIENT_REFUSED = ("--address {address}: Ray Client (ray://) is not supported; run the search on a node of the "
+                  "cluster (one that ran `ray start`) with --address HEAD_IP:6379")
 
 
 def connect(address: str | None, dashboard: bool = False) -> None:
@@ -27,11 +31,10 @@ def connect(address: str | None, dashboard: bool = False) -> None:
                  configure_logging=True, logging_level="WARNING")
         return
     if address.startswith("ray://"):
-        check_client_address(address)
-    else:
-        address = resolve_auto(address)
-        check_gcs_address(address)
-        check_local_node(address)
+        raise ConnectionError(CLIENT_REFUSED.format(address=address))
+    address = resolve_auto(address)
+    check_gcs_address(address)
+    check_local_node(address)
     speak_token_auth()
     try:
         ray.init(address=address, logging_level="WARNING")
@@ -102,22 +105,7 @@ def check_local_node(address: str) -> None:
         return
     if not local:
         raise ConnectionError(f"the Ray cluster at {address} answers, but this machine runs no Ray node: run "
-                              f"`ray start --address={address}` here first, run the search on a cluster node, "
-                              "or use Ray Client (--address ray://HOST:10001)")
-
-
-def check_client_address(address: str) -> None:
-    """ray:// (Ray Client): something must listen at host:port (default 10001); the client's own retries are bounded."""
-    host, _, port = address[len("ray://"):].rpartition(":")
-    if not host:
-        host, port = address[len("ray://"):], "10001"
-    if not port.isdigit():
-        raise ConnectionError(f"--address {address!r} is not ray://host:port (e.g. ray://10.0.0.1:10001)")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise ConnectionError(f"no Ray Client server answers at {address} ({err.strerror or err}); start the "
-                              "cluster's head with `ray start --head` (it serves ray:// on port 10001)") from None
+                              f"`ray start --address={address}` here first, or run the search on a cluster node")
 
 
 def speak_token_auth() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.run.study import rdb_storage
-from tuner.space import METRIC, MODE, TIME_ATTR, status_from_result
+from tuner.space import METRIC, MODE, TIME_ATTR, WHERE, status_from_result
 
 
 class LiveOptunaSearch(OptunaSearch):
@@ -45,6 +45,8 @@ class LiveOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._ot_trials[trial_id].set_user_attr("epochs_run", int(result[TIME_ATTR]))
+            for key in WHERE:  # where it trains (a retry or a resume may move it)
+                self._ot_trials[trial_id].set_user_attr(key, result.get(key))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:

@@ -30,7 +30,9 @@ def rdb_storage(path: Path):
         try:
             return optuna.storages.RDBStorage(storage_url(path),
                                               engine_kwargs={"connect_args": {"timeout": LOCK_WAIT_S}})
-        except sqlalchemy.exc.IntegrityError:  # a reader (dashboard) made the new file's schema this instant
+        # a reader (optuna-dashboard) made the new file's schema this instant: a duplicate row, or, when both
+        # create the tables at once, "table alembic_version already exists" (seen in the suite's shared search)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
             if attempt == 2:
                 raise
             time.sleep(0.2)  # then it exists: the next try finds it
