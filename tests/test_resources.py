@@ -242,3 +242,29 @@ def test_from_args_rejects_what_settings_reject():
         settings(["--train-size", "60000"], has_gpu=True)
     with pytest.raises(ValueError, match="gpus_per_trial"):
         settings(["--gpus-per-trial", "1.5"], has_gpu=True)
+
+
+def test_nodes_that_train_in_different_precisions_get_fp32_for_every_trial(capsys):
+    """--precision auto on mixed nodes: one precision every trial's device has, said in one line."""
+    from tuner.plan.nodes import one_precision
+    from tuner.settings import SearchSettings
+    from tuner.worker import NodeInfo
+
+    def node(amp, cuda):
+        return NodeInfo("id", "10.0.0.1", "h", cuda, "2.14.1", amp, "code", True, None)
+
+    auto = SearchSettings()
+    mixed_cpus = [node("bf16", False), node("fp32", False)]  # an AVX512-BF16 CPU beside an AVX2 one
+    assert one_precision(auto, mixed_cpus).precision == "fp32"
+    assert "train in bf16 and fp32 under --precision auto: every trial and confirm run trains in fp32" in \
+        capsys.readouterr().err
+    mixed_gpus = [node("bf16", True), node("fp16", True)]  # an A100 beside a V100
+    assert one_precision(auto, mixed_gpus).precision == "fp32"
+    assert "train in bf16 and fp16" in capsys.readouterr().err
+    # trials go to the GPU nodes only: a CPU-only node (the head, say) does not count
+    assert one_precision(auto, [node("bf16", True), node("fp32", False)]) == auto
+    assert one_precision(auto, [node("bf16", True), node("bf16", True)]) == auto
+    chosen = SearchSettings(precision="bf16")  # the user's choice stands (a node without bf16 then fails loudly)
+    assert one_precision(chosen, mixed_cpus) == chosen
+    assert capsys.readouterr().err == ""
+    assert SearchSettings(precision="fp32").trial_config().precision == "fp32"  # trials train in it

@@ -77,6 +77,10 @@ def test_trials_table_has_one_row_per_trial_seed_config_first(trials, epochs):
     assert ((trials["status"] == "finished") == (trials["epochs_run"] == MAX_EPOCHS)).all()
     assert (trials["stopped_early"] == (trials["status"] == "stopped")).all()
     assert trials["error"].isna().all()
+    # where each trial trained: this one node's CPU, in the precision "auto" gives it (bf16 where native)
+    here = "bf16" if autocast_dtype(torch.device("cpu"), "auto") == torch.bfloat16 else "fp32"
+    assert trials["node"].nunique() == 1 and (trials["precision"] == here).all()
+    assert trials["device"].str.startswith("cpu (").all()
     # every per-trial number agrees with the per-epoch table it summarises
     for row in trials.itertuples():
         mine = epochs[epochs["trial_id"] == row.trial_id]

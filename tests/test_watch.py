@@ -17,6 +17,7 @@ from raysession import free_port
 
 from tuner import search
 from tuner.run import progress, tracking
+from tuner.space import WHERE
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,10 @@ def test_study_is_live_before_the_search_ends(watched):
     study = optuna.load_study(study_name=watched.name, storage=f"sqlite:///{watched.folder / 'study.db'}")
     epochs = pd.read_csv(watched.folder / "trial_epochs.csv")
     for ft, row in zip(study.trials, watched.trials.itertuples(), strict=True):
-        assert ft.user_attrs == {"ray_trial_id": row.trial_id, "status": row.status, "epochs_run": row.epochs_run}
+        where = {k: getattr(row, k) for k in WHERE}  # the node, device and precision it trained on
+        assert ft.user_attrs == {"ray_trial_id": row.trial_id, "status": row.status, "epochs_run": row.epochs_run,
+                                 **where}
+        assert where["precision"] in ("bf16", "fp32") and where["device"].startswith("cpu (")
         mine = epochs[epochs["trial_id"] == row.trial_id]
         assert ft.intermediate_values == dict(zip(mine["epoch"], mine["val_acc"], strict=True))
 

