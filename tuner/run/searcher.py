@@ -58,6 +58,8 @@ class LiveOptunaSearch(OptunaSearch):
                 if result[TIME_ATTR] not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
                     ot_trial.report(result[METRIC], result[TIME_ATTR])
                 ot_trial.set_user_attr("epochs_run", int(result[TIME_ATTR]))
+                for key in WHERE:
+                    ot_trial.set_user_attr(key, result.get(key))
             ot_trial.set_user_attr("status", status_from_result(result, error, self._max_epochs))
         super().on_trial_complete(trial_id, result, error)
 
