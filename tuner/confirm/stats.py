@@ -38,15 +38,17 @@ def paired_t_ci(acc_a: list[float], acc_b: list[float], confidence: float = CONF
 
 
 def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Paired bootstrap over the test images of the accuracy difference A - B, in pp."""
-    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
-    if np.array_equal(a, b):  # every resample gives 0; BCa would warn and return nan
+    """Paired bootstrap over the test images of the accuracy difference A - B, in pp: a bootstrap of the per-image
+    differences (A right - B right), the same statistic as resampling the pairs at half the cost (BCa's jackknife
+    over 10k images took ~5 s on 2 cores as a two-sample paired call, ~2.3 s so)."""
+    d = np.asarray(correct_a, float) - np.asarray(correct_b, float)
+    if not d.any():  # every resample gives 0; BCa would warn and return nan
         return 0.0, 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((a, b), lambda x, y, axis: 100.0 * (np.mean(x, axis=axis) - np.mean(y, axis=axis)),
-                              paired=True, vectorized=True, confidence_level=confidence,
-                              n_resamples=BOOTSTRAP_RESAMPLES, batch=1000, random_state=BOOTSTRAP_SEED)
+        res = stats.bootstrap((d,), lambda x, axis: 100.0 * np.mean(x, axis=axis), vectorized=True,
+                              confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES, batch=1000,
+                              random_state=BOOTSTRAP_SEED)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
