@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SIZE = 1024
 TRIALS = 4
 # An experiment the flat layout (tuner/*.py, commit 4997d4a, before the stage folders) saved, made there by
-# `python -m tuner.search --smoke-test --no-confirm --num-samples 4 --max-epochs 2 --train-size 4096
+# `python -m tuner.search --smoke-test --no-confirm --num-samples 4 --max-epochs 2 --train-size 1024
 # --eval-size 200 --max-concurrent 1 --name old --out /tmp/s5-flat-layout-4997d4a/results` stopped with Ctrl-C
 # after 3 trials had ended, the 4th started; the ended trials' checkpoints were then removed (a resume never
-# loads them): 30 kB. Optuna pickles its SQLite study by absolute URL, so an experiment resumes where it was
+# loads them): 25 kB. Optuna pickles its SQLite study by absolute URL, so an experiment resumes where it was
 # saved: the test puts that folder back, as a link to where it unpacks the experiment.
 FLAT_LAYOUT = ROOT / "tests" / "data" / "experiment-flat-layout-4997d4a.tar.gz"
 SAVED_AT = Path("/tmp/s5-flat-layout-4997d4a")
