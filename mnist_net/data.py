@@ -17,7 +17,8 @@ from mnist_net.augment import MEAN, STD, affine_params, warp
 from mnist_net.download import ensure_mnist
 
 N_TRAIN, N_VAL, N_TEST = 50_000, 10_000, 10_000  # MNIST's 60k training file = train + val; its test file
-DEFAULT_DATA_DIR = Path(os.environ.get("MNIST_DATA_DIR", "~/.cache/mnist-s5")).expanduser()
+DATA_DIR = os.environ.get("MNIST_DATA_DIR", "~/.cache/mnist-s5")  # as given: a leading ~ is each machine's home
+DEFAULT_DATA_DIR = Path(DATA_DIR).expanduser()
 # Images prepared per batched call. A GPU takes a whole epoch at once (60k images: ~0.6 GB of
 # float pixels and sampling grid; a few calls instead of ~100 launches per step). On a CPU calls
 # are cheap and the working set must stay in cache: per 10k augmented images, one thread took

@@ -9,10 +9,14 @@ no `ray stop`, which would also end other users' Ray clusters on the machine.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RAY_CLI = str(Path(sys.executable).parent / "ray")
@@ -70,6 +74,30 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(extra)
     return env
+
+
+@contextmanager
+def token_head(tmp: Path, num_cpus: int, **env: str) -> Iterator[tuple[str, dict[str, str], subprocess.Popen]]:
+    """(address, env with its token (plus `env`), `ray start` process) of a token-auth head on loopback, in a
+    session of its own; afterwards every process of it is killed by pid, never `ray stop`."""
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), **env)
+    port = free_port()
+    with open(tmp / "head.log", "w") as log:
+        head = subprocess.Popen(
+            [RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+             f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 90, alive=lambda: head.poll() is None)
+        yield f"127.0.0.1:{port}", env, head
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # `ray start` and the node's daemons...
+        kill_session(head.pid)  # ...and the workers, which live in process groups of their own
+        head.wait(timeout=30)
+        assert session_pids(head.pid) == [], "a process of the test cluster survived"
 
 
 # --- for tests that place tasks on (fake) GPUs inside this process's Ray ---------------------------

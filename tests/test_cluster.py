@@ -6,9 +6,7 @@ processes by pid, never `ray stop` (which would also stop every other Ray cluste
 """
 
 import http.server
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
-from raysession import RAY_CLI, clean_env, free_port, kill_session, session_pids, wait_for_port
+from raysession import clean_env, session_pids, token_head
 
 from mnist_net.data import DEFAULT_DATA_DIR
 from tuner.plan import placement
@@ -36,25 +34,8 @@ FAIL_FAST_S = 30
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(address, env with its token, head process) of a 2-CPU head node on loopback."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    token = tmp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    port = free_port()
-    with open(tmp / "head.log", "w") as log:
-        head = subprocess.Popen(
-            [RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, 90, alive=lambda: head.poll() is None)
-        yield f"127.0.0.1:{port}", env, head
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)  # `ray start` and the node's daemons...
-        kill_session(head.pid)  # ...and the workers, which live in process groups of their own
-        head.wait(timeout=30)
-        assert session_pids(head.pid) == [], "a process of the test cluster survived"
+    with token_head(tmp_path_factory.mktemp("cluster"), num_cpus=2) as head:
+        yield head
 
 
 def search(args, env, timeout=300) -> subprocess.CompletedProcess:

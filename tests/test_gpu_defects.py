@@ -164,7 +164,7 @@ def test_a_smaller_chunk_trains_the_same_batches(small):
 
 def test_cuda_out_of_memory_is_one_line_naming_gpus_per_trial():
     err = worker.explain_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n"
-                                                       "GPU 0 has a total capacity of 23.6 GiB ..."), 0.0625)
+                                                    "GPU 0 has a total capacity of 23.6 GiB ..."), 0.0625)
     text = str(err)
     assert "\n" not in text and "--gpus-per-trial 0.125" in text and "16 trial(s) per GPU" in text
     assert isinstance(err, ValueError)

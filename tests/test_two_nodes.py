@@ -12,7 +12,6 @@ Every process is in a session of its own, ended by pid (tests/raysession.py), ne
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from raysession import RAY_CLI, clean_env, free_port, kill_session, session_pids, wait_for_port
+from raysession import RAY_CLI, kill_session, session_pids, token_head
 
 from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.download import ensure_mnist
@@ -53,24 +52,8 @@ def head(tmp_path_factory):
         pytest.skip("`unshare -m` is not permitted here: the second node needs a mount namespace of its own")
     ensure_mnist(DEFAULT_DATA_DIR)
     tmp = tmp_path_factory.mktemp("two-nodes")
-    token = tmp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), HOME=str(home(tmp / "home1")))
-    port = free_port()
-    with open(tmp / "head.log", "w") as log:
-        proc = subprocess.Popen(
-            [RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, 90, alive=lambda: proc.poll() is None)
-        yield Head(f"127.0.0.1:{port}", env, tmp, proc.pid)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        kill_session(proc.pid)
-        proc.wait(timeout=30)
-        assert session_pids(proc.pid) == [], "a process of the test cluster survived"
+    with token_head(tmp, num_cpus=1, HOME=str(home(tmp / "home1"))) as (address, env, proc):
+        yield Head(address, env, tmp, proc.pid)
 
 
 def home(folder: Path, mnist: bool = True) -> Path:

@@ -32,6 +32,7 @@ from mnist_net.cli import (
     say,
 )
 from mnist_net.config import PRECISIONS
+from mnist_net.data import DATA_DIR
 from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
 from tuner import extend
@@ -72,7 +73,7 @@ def build_parser() -> Parser:
     where.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per trial (default: planned)")
     where.add_argument("--precision", choices=PRECISIONS, help="autocast of every trial and confirm run (default "
                        "auto: bf16 where native, fp16 on V100/T4, else fp32; fp32 on nodes that differ)")
-    where.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DATA_DIR", "~/.cache/mnist-s5"),
+    where.add_argument("--data-dir", type=Path, default=DATA_DIR,
                        help="MNIST folder; a leading ~ is each node's home (default %(default)s)")
     where.add_argument("--storage", help="Ray's experiment storage: a path or URI all nodes share (default <out>/ray)")
     where.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 (local Ray only)")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # 2. plan, once every node reads the storage, has MNIST and runs this code
         settings = nodes.one_precision(exp.settings, nodes.check_nodes(exp.storage, exp.data_dir))
         plan = search_plan.plan_search(settings, exp.fixed, exp.data_dir, started,
-                                    new=not exp.resumed and exp.extension is None, resumed=exp.resumed)
+                                       new=not exp.resumed and exp.extension is None, resumed=exp.resumed)
     except ValueError as err:  # a node check's refusal; budget.BudgetTooSmall, after calibration
         cluster.disconnect()
         parser.fail(str(err))

@@ -79,9 +79,6 @@ def optuna_distributions() -> dict:
             else FloatDistribution(*p.values, log=p.kind == "loguniform") for name, p in SPACE.items()}
 
 
-STATUSES = ("finished", "stopped", "diverged", "errored")  # stopped: by ASHA, before max_epochs
-
-
 def trial_status(*, errored: bool, diverged: bool, epochs_run: int, max_epochs: int) -> str:
     """The one rule naming how a trial ended (published tables, the live study, the progress line)."""
     return ("errored" if errored else "diverged" if diverged

@@ -91,7 +91,6 @@ def explain_oom(err: BaseException, share: float) -> GpuOutOfMemory:
                           f"{first}; give each trial more of a GPU, e.g. --gpus-per-trial {bigger:g}")
 
 
-
 @dataclass(frozen=True)
 class NodeInfo:
     """A node as node_check found it: what it is, whether it read the storage marker (None: a URI, not asked),
@@ -153,8 +152,13 @@ def precision_name(device: torch.device, precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast_dtype(device, precision), "fp32")
 
 
+def node_name(ip: str, node_id: str) -> str:
+    """A node as messages, the plan and trials.csv name it: its IP and the start of its Ray node id."""
+    return f"{ip} ({node_id[:8]})"
+
+
 def node_label() -> str:
-    """This worker's node, as the plan and trials.csv name it: its IP and the start of its Ray node id."""
+    """node_name of the node this worker runs on."""
     import ray
 
-    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+    return node_name(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())

@@ -98,7 +98,7 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
     plan = place_runs(len(cands) * settings.confirm_seeds, settings.gpus_per_trial, settings.cpus_per_trial)
     epochs = pd.read_csv(summary_dir / "trial_epochs.csv").merge(trials[["trial_id", "batch_size"]], on="trial_id")
     recipe, predicted_s = confirm_recipe(settings, left_s, [c.config["batch_size"] for c in cands[:-1]],
-                                                  epochs, plan.concurrent)
+                                         epochs, plan.concurrent)
     job = Job(cands, recipe, data_dir, summary_dir, str(summary_dir / "trials.csv"), settings.train_changes())
     try:
         rep = execute(job, plan, predicted_s)

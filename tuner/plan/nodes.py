@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mnist_net.cli import say
 from tuner.settings import SearchSettings
-from tuner.worker import NodeInfo, code_fingerprint, node_check
+from tuner.worker import NodeInfo, code_fingerprint, node_check, node_name
 
 CHECK_TIMEOUT_S = 60  # a node fetching MNIST takes seconds; one silent this long is named
 
@@ -22,7 +22,7 @@ def check_nodes(storage: str, data_dir: str) -> list[NodeInfo]:
     the storage folder or get MNIST into data_dir, runs other code or does not answer."""
     import ray
 
-    names = {n["NodeID"]: f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in ray.nodes() if n["Alive"]}
+    names = {n["NodeID"]: node_name(n["NodeManagerAddress"], n["NodeID"]) for n in ray.nodes() if n["Alive"]}
     if len(names) < 2:  # the driver has checked its own storage and data
         return []
     token = secrets.token_hex(16)

@@ -26,8 +26,8 @@ def publish(exp, plan, done) -> dict | None:
             "publishing the trials that finished; those still running are marked budget_stopped in trials.csv")
     try:
         best = write_search_results(done.grid, plan.settings, plan.placement, exp.storage, exp.summary_dir,
-                                            exp.out, exp.name, done.seconds, exp.extension,
-                                            stopped_by_budget=done.stopped_by_budget)
+                                    exp.out, exp.name, done.seconds, exp.extension,
+                                    stopped_by_budget=done.stopped_by_budget)
     except OSError as err:  # disk full, folder gone read-only: earlier files stay as they were
         say(f"error: cannot write the search's results to {exp.summary_dir}: {err.strerror or err}. "
             f"Ray's experiment in {exp.storage}/{exp.name} is complete; free space and rerun: {exp.resume_command}")

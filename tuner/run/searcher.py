@@ -44,9 +44,7 @@ class LiveOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict):
         super().on_trial_result(trial_id, result)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            self._ot_trials[trial_id].set_user_attr("epochs_run", int(result[TIME_ATTR]))
-            for key in WHERE:  # where it trains (a retry or a resume may move it)
-                self._ot_trials[trial_id].set_user_attr(key, result.get(key))
+            record(self._ot_trials[trial_id], result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
@@ -57,11 +55,16 @@ class LiveOptunaSearch(OptunaSearch):
             if result and result.get(METRIC) is not None and TIME_ATTR in result:
                 if result[TIME_ATTR] not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
                     ot_trial.report(result[METRIC], result[TIME_ATTR])
-                ot_trial.set_user_attr("epochs_run", int(result[TIME_ATTR]))
-                for key in WHERE:
-                    ot_trial.set_user_attr(key, result.get(key))
+                record(ot_trial, result)
             ot_trial.set_user_attr("status", status_from_result(result, error, self._max_epochs))
         super().on_trial_complete(trial_id, result, error)
+
+
+def record(ot_trial, result: dict) -> None:
+    """The user attributes a result sets: the epochs run, and where the trial trains (a retry or resume may move it)."""
+    ot_trial.set_user_attr("epochs_run", int(result[TIME_ATTR]))
+    for key in WHERE:
+        ot_trial.set_user_attr(key, result.get(key))
 
 
 def live_searcher(path: Path, name: str, max_epochs: int, **kwargs) -> LiveOptunaSearch:
