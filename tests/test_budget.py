@@ -208,6 +208,48 @@ def test_the_confirm_stage_takes_the_time_the_search_left():
     assert budget.raise_confirm(f, FLAT, roomy, [0.002] * 3, SLOTS)[0] < 6
 
 
+def test_a_confirm_stage_that_no_longer_fits_shrinks_images_then_epochs_then_seeds():
+    """shrink_confirm, the issue's case (the planned recipe would overrun the time left): fewer images first, then
+    fewer epochs, then fewer seeds; always the largest that fits, never one that does not."""
+    f = LADDER[LADDER.index(Fidelity(4, 5000, 5000, 3, 4, 5000))]
+    speeds = [0.001] * 3
+    at_plan = budget.confirm_time(3, 4, 5000, speeds, FLAT, SLOTS)
+    seeds, epochs, images = budget.shrink_confirm(f, FLAT, at_plan * 0.8, speeds, SLOTS)
+    assert (seeds, epochs) == (3, 4) and budget.MIN_CONFIRM_IMAGES < images < 5000
+    assert budget.confirm_time(3, 4, images, speeds, FLAT, SLOTS) <= at_plan * 0.8
+    bigger = budget._sizes(5000)[budget._sizes(5000).index(images) - 1]
+    assert budget.confirm_time(3, 4, bigger, speeds, FLAT, SLOTS) > at_plan * 0.8  # the largest that fits
+    fewest_images = budget.confirm_time(3, 4, budget.MIN_CONFIRM_IMAGES, speeds, FLAT, SLOTS)
+    seeds, epochs, images = budget.shrink_confirm(f, FLAT, fewest_images - 1, speeds, SLOTS)
+    assert (seeds, images) == (3, budget.MIN_CONFIRM_IMAGES) and epochs < 4
+    one_epoch = budget.confirm_time(3, 1, budget.MIN_CONFIRM_IMAGES, speeds, FLAT, SLOTS)
+    assert budget.shrink_confirm(f, FLAT, one_epoch - 1, speeds, SLOTS)[0] < 3
+    assert budget.shrink_confirm(f, FLAT, 1.0, speeds, SLOTS) is None
+
+
+def test_the_confirm_recipe_shrinks_and_says_so_when_the_plan_would_overrun(capsys):
+    settings = SearchSettings(fidelity_mode="time", time_budget_s=1200.0, confirm_seeds=3, confirm_epochs=4,
+                              confirm_train_size=5000, max_epochs=4, budget_plan=a_budget_plan())
+    at_plan = budget.confirm_time(3, 4, 5000, [0.001] * 3, FLAT, SLOTS) + PUBLISH_S
+    r, predicted = recipe.confirm_recipe(settings, at_plan * 0.8, [64, 64, 64], None, SLOTS)
+    assert r.seeds == 3 and r.epochs == 4 and r.train_size < 5000 and predicted <= at_plan * 0.8 - PUBLISH_S
+    assert "shrunk to fit the time left" in capsys.readouterr().err
+    # the trials measured half the calibrated speed: the same time left buys fewer images
+    slow = Throughput({b: 500.0 for b in BATCH_SIZES}, 1000.0)
+    r_slow, _ = recipe.confirm_recipe(settings, at_plan * 0.8, [64, 64, 64], slow, SLOTS)
+    assert r_slow.images() < r.images()
+
+
+def test_the_speeds_are_learnt_from_the_trials_epochs():
+    import pandas as pd
+
+    epochs = pd.DataFrame({"batch_size": [64, 64, 64, 512], "images_per_s": [400.0, 500.0, 600.0, 900.0],
+                           "eval_seconds": [2.0, 2.5, 3.0, 2.5]})
+    thr = recipe.measured(FLAT, epochs, eval_images=5000)
+    assert thr.train[64] == 500.0 and thr.train[512] == 900.0 and thr.train[128] == 1000.0  # unseen: calibrated
+    assert thr.eval == 2000.0  # 5,000 images in a median 2.5 s
+
+
 def a_budget_plan(fixed=()) -> fidelity.BudgetPlan:
     f = LADDER[40]
     p = budget.predict(f, FLAT, N, SLOTS, 30.0)

@@ -85,7 +85,8 @@ def test_report_records_every_run_the_winner_tau_and_a_verdict():
     assert rep["ranking"]["tau"] == pytest.approx(1.0)
     assert rep["comparison"]["outcome"] in ("better_on_every_seed", "better")
     assert rep["comparison"]["verdict"].startswith("the confirmed winner (trial 2) beats the seed's config")
-    assert rep["comparison"]["verdict"].endswith("at 4 epochs on 8,500 images, 3 seeds")
+    assert rep["comparison"]["verdict"].endswith("at 4 epochs on 8,500 images (1/35 of the seed's 20 × 60k), 3 seeds")
+    assert rep["comparison"]["starved"]  # 98.5 % is 0.77 pp below the seed recipe's 99.27 %
     lines = report.lines(rep)
     assert lines[-2].startswith("confirmed winner: trial 2") and lines[-1] == rep["comparison"]["verdict"]
     assert any(line.startswith("proxy vs confirmation ranking of 3 configs: Kendall tau +1.00") for line in lines)
@@ -97,7 +98,26 @@ def test_the_seeds_60k_recipe_has_nothing_to_select():
     rep = report.report(cands, runs, LABELS, Recipe(1, 20, None, "train+val"))
     assert rep["winner"]["label"] == "best" and rep["winner"]["why"].startswith("one config besides the seed's")
     assert rep["ranking"] == {} and rep["budget"]["select_images"] == 0
-    assert rep["comparison"]["verdict"].endswith("at 20 epochs on 60k images, 1 seed")
+    assert rep["comparison"]["verdict"].endswith("at 20 epochs on 60k images (the seed's recipe), 1 seed")
     with pytest.raises(ValueError, match="train_split"):
         Recipe(1, 1, None, "test")
     assert not math.isnan(rep["comparison"]["mean_diff_pp"])
+
+
+def test_pace_scales_the_predicted_runs_by_the_measured_ratio(monkeypatch):
+    """The runs left, predicted at the calibrated speeds and scaled by how much slower the finished ones ran: the
+    running ones count from when they started, the waiting ones queue for the slots."""
+    from tuner.confirm import runs
+
+    clock = [100.0]
+    monkeypatch.setattr(runs.time, "monotonic", lambda: clock[0])
+    pace = runs.Pace(2, ["a", "b", "c", "d"])  # a and b start at 100
+    clock[0] = 130.0  # a ended after 30 s, predicted 20: 1.5x
+    pace.ended(1.5)
+    # b: predicted 20 -> 30 s, started at 100, so 0 s left; c starts now (30 s); d waits for b's slot (30 s)
+    assert pace.left_s([20.0, 20.0, 20.0], ["b", "c", "d"]) == pytest.approx(30.0)
+    assert pace.ratio() == 1.5
+    clock[0] = 140.0
+    pace.ended(2.5)  # median of 1.5 and 2.5: 2x
+    # c: 40 s from 130, so 30 left; d took b's slot now: 40 s
+    assert pace.left_s([20.0, 20.0], ["c", "d"]) == pytest.approx(40.0)

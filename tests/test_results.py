@@ -9,7 +9,7 @@ import pandas as pd
 from tuner import space
 from tuner.publish import results, writer
 from tuner.run import runner
-from tuner.space import EPOCH_METRICS, TIME_ATTR, optuna_distributions
+from tuner.space import EPOCH_METRICS, METRIC, TIME_ATTR, optuna_distributions
 
 CONFIG = {"lr": 0.01, "momentum": 0.9, "batch_size": 32}
 
@@ -53,6 +53,14 @@ def test_tables_budget_marking_and_interrupt_check_read_one_trial_id_and_end():
     assert runner.unfinished(grid, num_samples=4)  # the cut trial
     assert not runner.unfinished(Grid([finished, by_asha, errored]), num_samples=3)
     assert runner.unfinished(Grid([finished, by_asha, errored]), num_samples=4)  # one never started
+
+
+def test_published_study_names_its_metric_and_skips_a_trial_without_config(tmp_path):
+    trials, epochs = results.tables(Grid([result(1, 3, True), result(2, 0, None, error=RuntimeError("x"))]), 3)
+    results.build_study(trials, epochs, tmp_path / "study.db", "s")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.metric_names == [METRIC]  # optuna-dashboard's name for the objective, not "Objective 0"
+    assert [t.value for t in study.trials] == [30.0]
 
 
 def study_of(n_trials: int) -> optuna.Study:

@@ -3,6 +3,7 @@ search's top K from its trials.csv (winner chosen on val, verdict on test), on 1
 The runs are Ray tasks on a small in-process Ray, which the stage reuses and leaves running."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import ray
 import torch
 
+from mnist_net.data import DEFAULT_DATA_DIR
 from mnist_net.model import Net
 from tuner import retrain, review
 from tuner.space import SEED_CONFIG
@@ -70,7 +72,7 @@ def check_statistics(report: dict, out: Path, labels: np.ndarray, split: str) ->
     (m,) = c["mcnemar"]
     assert (m["b"], m["c"]) == (int(np.sum(best & ~seed)), int(np.sum(~best & seed))) and m["b"] + m["c"] > 0
     assert c["ci_method"].startswith("paired bootstrap")  # one seed
-    assert c["verdict"].endswith("at 1 epoch on 1,024 images, 1 seed")
+    assert c["verdict"].endswith("at 1 epoch on 1,024 images (1/1172 of the seed's 20 × 60k), 1 seed")
     rev = review.Review(folder=out, best={}, trials=None, epochs=None, retrain=report)  # what the notebook shows
     assert review.verdict(rev) == c["verdict"]
 
@@ -83,7 +85,7 @@ def write_search(folder: Path) -> None:
                   for i, (cfg, acc, status) in enumerate(rows)]).to_csv(folder / "trials.csv", index=False)
 
 
-def test_search_top_k_then_more_seeds_reuse_the_saved_runs(tmp_path, splits, local_ray):
+def test_search_top_k_then_more_seeds_reuse_the_saved_runs_then_the_full_recipe(tmp_path, splits, local_ray, capfd):
     write_search(tmp_path / "results" / "s")
     argv = ["--search", "s", "--results", str(tmp_path / "results"), "--top", "2", "--smoke-test"]
     assert retrain.main(argv) == 0
@@ -105,6 +107,48 @@ def test_search_top_k_then_more_seeds_reuse_the_saved_runs(tmp_path, splits, loc
         assert new["test_acc"][0] == old["test_acc"][0]
     after = {p.name: p.stat().st_mtime_ns for p in (folder / "runs").iterdir()}
     assert {k: after[k] for k in saved} == saved and len(after) == 18
+    check_full_recipe(tmp_path / "results", capfd)
+
+
+def check_full_recipe(results: Path, capfd) -> None:
+    """--full-recipe on a confirmed search: its best (retrain.json) against the seed's config on train+val, in
+    NAME/full-recipe, the time predicted from a calibration here before any run (sizes cut by --smoke-test)."""
+    confirmed = json.loads((results / "s" / "retrain.json").read_text())
+    capfd.readouterr()
+    argv = ["--search", "s", "--results", str(results), "--full-recipe", "--smoke-test", "--seeds", "2",
+            "--time-budget", "30m"]
+    assert retrain.main(argv) == 0
+    err = capfd.readouterr().err
+    full = json.loads((results / "s" / "full-recipe" / "retrain.json").read_text())
+    assert full["recipe"] == {"seeds": 2, "epochs": 1, "train_size": 1024, "train_split": "train+val"}
+    assert [c["label"] for c in full["candidates"]] == [confirmed["best"]["label"], "seed_config"]
+    assert full["best"]["config"] == confirmed["best"]["config"] and full["source"].endswith("s/retrain.json")
+    assert " here for 2 configs x 2 seed(s)" in err
+    assert err.index("predicted ") < err.index("confirm: 2 configs x 2 seed(s)")  # said before the runs start
+    # below the seed's recipe, the report names the command that measures there, with its predicted time
+    assert f"python -m tuner.retrain --search s --results {results} --full-recipe" in err
+    assert full["full_recipe"]["predicted_s"] > 0
+
+
+def test_a_deadline_drops_the_last_seeds_whole_when_the_runs_are_slower_than_predicted(tmp_path, local_ray):
+    """run_all with a Deadline one second away: when the first run ends, the rest would end past it, so seed 2's
+    runs are cancelled (all configs alike) and the report has seed 1 only; seed 1 is never dropped."""
+    from tuner.confirm.recipe import Recipe
+    from tuner.confirm.report import Candidate
+    from tuner.confirm.runs import Deadline, RunStore, run_all
+    from tuner.confirm.stage import place_runs
+    from tuner.fidelity import Throughput
+    from tuner.space import BATCH_SIZES
+
+    cands = [Candidate("best", BEST), Candidate("seed_config", dict(SEED_CONFIG))]
+    recipe = Recipe(2, 1, 512)
+    deadline = Deadline(time.monotonic() + 1, Throughput({b: 1e3 for b in BATCH_SIZES}, 1e3))
+    data = str(DEFAULT_DATA_DIR)
+    runs = run_all(cands, recipe, data, place_runs(4, None, 1), RunStore(tmp_path / "runs"), deadline=deadline)
+    assert {k: [r["seed"] for r in v] for k, v in runs.items()} == {"best": [1], "seed_config": [1]}
+    roomy = Deadline(time.monotonic() + 3600, Throughput({b: 100.0 for b in BATCH_SIZES}, 1000.0))
+    again = run_all(cands, recipe, data, place_runs(4, None, 1), RunStore(tmp_path / "runs"), deadline=roomy)
+    assert [r["seed"] for r in again["best"]] == [1, 2]  # seed 1 read back, seed 2 trained
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -187,3 +231,4 @@ def test_ctrl_c_exits_130_in_one_line_and_shuts_down_only_its_own_ray(callers_ra
     assert err.strip().splitlines()[-1] == (f"interrupted: the runs already saved in {(tmp_path / 'out').resolve()}"
                                             "/runs are reused when the same command is run again")
     assert not (tmp_path / "out" / "retrain.json").exists()
+

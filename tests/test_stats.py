@@ -102,7 +102,7 @@ def test_outcome_better_across_seeds_needs_a_t_interval_that_excludes_zero():
     assert c["ci_low_pp"] > 0 and stats.outcome(c) == "better"
     line = stats.verdict(c, 4, 50_000, ("the confirmed winner (trial 7)", "the seed's config"))
     assert line.startswith("the confirmed winner (trial 7) beats the seed's config by 0.50 pp on test across seeds")
-    assert line.endswith("at 4 epochs on 50k images, 3 seeds")
+    assert line.endswith("at 4 epochs on 50k images (1/6 of the seed's 20 × 60k), 3 seeds")
     worse = built([(20, 60), (20, 70), (20, 80)])
     assert stats.outcome(worse) == "worse"
     assert stats.verdict(worse, 4, 50_000).startswith("the seed's config beats best by 0.50 pp on test across seeds")
@@ -149,7 +149,32 @@ def test_outcome_no_difference():
 def test_verdict_formats_p_values_and_budget():
     line = stats.verdict(comparison(-0.29, 0.54, 0.13, [0.57, 0.3], [0.3, -0.04]), 1, 1024)
     assert line == ("no significant difference on test (best - the seed's config +0.13 pp, 95 % CI -0.29 to 0.54, "
-                    "McNemar p = 0.57, 0.3 per seed) at 1 epoch on 1,024 images, 2 seeds")
+                    "McNemar p = 0.57, 0.3 per seed) at 1 epoch on 1,024 images (1/1172 of the seed's 20 × 60k), "
+                    "2 seeds")
+
+
+def test_scope_names_the_recipe_against_the_seeds():
+    assert stats.scope(4, 5_000) == "at 4 epochs on 5k images (1/60 of the seed's 20 × 60k)"
+    assert stats.scope(20, 60_000) == "at 20 epochs on 60k images (the seed's recipe)"
+    assert stats.scope(20, 50_000) == "at 20 epochs on 50k images (83 % of the seed's 20 × 60k)"
+    assert stats.scope(20, 30_000) == "at 20 epochs on 30k images (1/2 of the seed's 20 × 60k)"
+
+
+def test_seeds_too_dispersed_for_a_t_interval_get_none_that_passes_100_pp():
+    # the run: 3 seeds of a starved seed config, +42.4, +30.1, +74.8 pp; a t interval reaches ~130 pp
+    runs = [paired(b, c, 100, n=1_000, seed=s) for s, (b, c) in enumerate([(440, 16), (310, 9), (750, 2)])]
+    c = stats.compare([r[0] for r in runs], [r[1] for r in runs])
+    t = sp.ttest_rel(c["acc_best"], c["acc_seed_config"]).confidence_interval()
+    assert t.high > 100  # what the old verdict printed as the interval
+    assert -100 <= c["ci_low_pp"] <= c["ci_high_pp"] <= 100
+    assert c["dispersed_t_pp"] == pytest.approx([t.low, t.high], abs=0.01)
+    assert "too dispersed for a t interval across seeds" in c["ci_method"]
+    assert stats.outcome(c) == "better_on_every_seed"  # per-seed McNemar, no claim across seeds
+    line = stats.verdict(c, 4, 5_000)
+    assert "the seeds are too dispersed for an interval across seeds (a t interval would pass ±100 pp)" in line
+    assert "CI" not in line and line.endswith("(1/60 of the seed's 20 × 60k), 3 seeds")
+    within = built([(60, 20), (70, 20), (80, 20)])
+    assert within["dispersed_t_pp"] is None and within["ci_method"].startswith("paired t")
 
 
 def test_kendall_tau_is_scipy_and_nan_below_two_configs():

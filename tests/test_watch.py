@@ -16,8 +16,8 @@ from helpers_search import MAX_EPOCHS
 from raysession import free_port
 
 from tuner import search
-from tuner.run import progress, tracking
-from tuner.space import WHERE
+from tuner.run import tracking
+from tuner.space import METRIC, WHERE
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,7 @@ def test_progress_line_ends_with_every_trial_and_the_best(watched):
 def test_study_is_live_before_the_search_ends(watched):
     assert watched.seen and not watched.seen[0]["published"] and watched.seen[0]["running"]
     study = optuna.load_study(study_name=watched.name, storage=f"sqlite:///{watched.folder / 'study.db'}")
+    assert study.metric_names == [METRIC]  # optuna-dashboard's name for the objective, kept when published
     epochs = pd.read_csv(watched.folder / "trial_epochs.csv")
     for ft, row in zip(study.trials, watched.trials.itertuples(), strict=True):
         where = {k: getattr(row, k) for k in WHERE}  # the node, device and precision it trained on
@@ -156,21 +157,3 @@ def test_unusable_mlflow_uri_is_one_line_and_exit_2_before_ray(uri, tmp_path, ca
     assert info.value.code == 2 and err.count("\n") == 1 and "--mlflow" in err
     assert not any(tmp_path.iterdir())
 
-
-def test_eta_starts_from_the_plan_and_moves_to_the_observed_rate():
-    tally = progress.Tally(total=4, max_epochs=2, expected_epochs=8, predicted_s=100.0)
-    assert tally.eta(10) == 90
-    tally.counts, tally.epochs_done = {"finished": 2, "stopped": 0, "running": 2}, 4
-    # observed total = 60 s x 8/4 epochs = 120 s; half the trials ended: (100 + 120) / 2 = 110
-    assert tally.eta(60) == pytest.approx(50)
-    tally.hard_stop_s = 80
-    assert tally.eta(60) == pytest.approx(20)
-
-
-def test_runs_bar_counts_runs(capsys):
-    bar = progress.runs_bar(3, 90.0, "confirm")
-    bar.update(1)
-    bar.set_postfix_str("best 98.1%")
-    bar.update(2)
-    bar.close()
-    assert "confirm 3/3 runs" in capsys.readouterr().err

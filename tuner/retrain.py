@@ -2,28 +2,38 @@
 
 `python -m tuner.retrain --search NAME` confirms the top K configs of a finished search (winner
 chosen on val, verdict on test); `--config best_config.json` compares that one config with the
-seed's. The search runs this stage itself at its end (tuner.search). Every run is a Ray task.
+seed's; `--full-recipe` does so at the seed's own recipe (20 epochs on train+val, 4 seeds), with
+--search's confirmed best, and predicts its time first. The search runs this stage itself at its
+end (tuner.search). Every run is a Ray task.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from mnist_net import files
-from mnist_net.cli import Parser, add_compile_mode, compile_changes, non_negative_float, positive_int, say
+from mnist_net.cli import (Parser, add_compile_mode, compile_changes, format_duration, non_negative_float,
+                           parse_duration, positive_int, say)
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 from mnist_net.download import DataUnavailable
-from tuner.confirm.recipe import Recipe
-from tuner.confirm.stage import Job, config_candidates, execute, place_runs, search_candidates
+from tuner.confirm.recipe import FULL_RECIPE, Recipe
+from tuner.confirm.runs import Deadline
+from tuner.confirm.stage import (Job, config_candidates, confirmed_candidates, execute, place_runs, predict_runs,
+                                 search_candidates)
+from tuner.plan.calibrate import calibrate
 from tuner.run import cluster
 from tuner.settings import DEFAULT_CONFIRM_TOP, SearchSettings
 
 SMOKE = {"seeds": 1, "epochs": 1, "train_size": 1024}
+FULL = {"seeds": FULL_RECIPE.seeds, "epochs": FULL_RECIPE.epochs, "train_split": FULL_RECIPE.train_split}
 # The search's own confirm defaults, and the seed's epochs (TrainConfig's defaults are the seed's recipe).
-DEFAULTS = {"seeds": SearchSettings.confirm_seeds, "epochs": TrainConfig.epochs, "train_size": None}
+DEFAULTS = {"seeds": SearchSettings.confirm_seeds, "epochs": TrainConfig.epochs, "train_size": None,
+            "train_split": "train"}
 
 
 def build_parser() -> Parser:
@@ -38,8 +48,15 @@ def build_parser() -> Parser:
     p.add_argument("--seeds", type=positive_int, help=f"train seeds 1..N for each config (default {DEFAULTS['seeds']})")
     p.add_argument("--epochs", type=positive_int, help=f"epochs per run (default the seed's {DEFAULTS['epochs']})")
     p.add_argument("--train-size", type=positive_int, help="images per run (default: the whole split)")
-    p.add_argument("--train-split", choices=("train", "train+val"), default="train",
-                   help="train: 50k, winner chosen on val; train+val: the seed's 60k recipe, --config only")
+    p.add_argument("--train-split", choices=("train", "train+val"),
+                   help="train (default): 50k, winner chosen on val; train+val: the seed's 60k recipe, --config only")
+    p.add_argument("--full-recipe", action="store_true",
+                   help=f"the seed's recipe: train+val, {FULL_RECIPE.epochs} epochs, {FULL_RECIPE.seeds} seeds unless "
+                   "given; --search NAME takes its confirmed best (retrain.json) and writes to NAME/full-recipe; "
+                   "prints its predicted time here before it starts")
+    p.add_argument("--time-budget", dest="time_budget_s", type=parse_duration, metavar="DURATION",
+                   help="end within it (20m, 4h): fewer seeds when the predicted runs do not fit, and the last "
+                   "seeds dropped if the runs turn out slower (default: no limit)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST folder (on every node)")
     p.add_argument("--out", type=Path, help="output folder (default: the search's summary folder)")
     p.add_argument("--overwrite", action="store_true",
@@ -58,7 +75,10 @@ def build_parser() -> Parser:
 def job_from_args(args) -> Job:
     """The candidates and recipe the flags ask for; ValueError (one line) on anything wrong."""
     recipe = Recipe(args.seeds, args.epochs, args.train_size, args.train_split)
-    if args.search:
+    if args.full_recipe and args.search:
+        cands, folder, source = confirmed_candidates(args.results / args.search)
+        folder = folder / "full-recipe"
+    elif args.search:
         if args.train_split != "train":
             raise ValueError("--train-split train+val leaves no val to choose among --search's configs; "
                              "use --config for the seed's 60k recipe")
@@ -73,9 +93,13 @@ def job_from_args(args) -> Job:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # a --time-budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
-    for key, value in (SMOKE if args.smoke_test else DEFAULTS).items():  # explicit flags win
+    if args.full_recipe and args.train_split == "train":
+        parser.fail("--full-recipe trains on train+val, the seed's 60k; drop --train-split train")
+    presets = ([FULL] if args.full_recipe else []) + ([SMOKE] if args.smoke_test else [])  # smoke's sizes win
+    for key, value in {**DEFAULTS, **{k: v for p in presets for k, v in p.items()}}.items():  # explicit flags win
         setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     try:
         job = job_from_args(args)
@@ -83,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataUnavailable) as err:
         parser.fail(str(err))
     try:
-        connected(parser, args, job)
+        connected(parser, args, job, started)
     except KeyboardInterrupt:  # connected has already shut down a Ray it started
         say(f"interrupted: the runs already saved in {job.out / 'runs'} are reused when the same command is run again")
         return 130
     return 0
 
 
-def connected(parser: Parser, args, job: Job) -> dict:
+def connected(parser: Parser, args, job: Job, started: float) -> dict:
     """The stage on Ray: reuse the caller's connection, else connect and disconnect."""
     import ray
 
@@ -98,7 +122,11 @@ def connected(parser: Parser, args, job: Job) -> dict:
     try:
         if own:
             cluster.connect(args.address)
-        return execute(job, place_runs(len(job.cands) * job.recipe.seeds, args.gpus_per_run, args.cpus_per_run))
+        plan = place_runs(len(job.cands) * job.recipe.seeds, args.gpus_per_run, args.cpus_per_run)
+        if not (args.full_recipe or args.time_budget_s):
+            return execute(job, plan)
+        job, predicted, deadline = timed(job, plan, args.time_budget_s, started)
+        return execute(job, plan, predicted, deadline)
     except ray.exceptions.RayTaskError as err:  # first: Ray makes it an instance of its cause's class
         if isinstance(err.cause, ValueError):  # e.g. a GPU share but a torch build without CUDA
             parser.fail(f"a confirm run failed: {err.cause}")
@@ -108,6 +136,24 @@ def connected(parser: Parser, args, job: Job) -> dict:
     finally:
         if own:
             cluster.disconnect()
+
+
+def timed(job: Job, plan, budget_s: float | None, started: float) -> tuple[Job, float, Deadline | None]:
+    """Calibrate here, predict the runs still to train, and fit the seeds to a budget; ValueError if 1 does not fit."""
+    thr = calibrate(job.data_dir, TrainConfig(**job.changes), plan.cpu_per_trial, plan.gpu_per_trial, plan.concurrent)
+    left = None if budget_s is None else budget_s - (time.monotonic() - started)
+    for seeds in range(job.recipe.seeds, 0, -1):
+        fitted = replace(job, recipe=replace(job.recipe, seeds=seeds))
+        predicted = predict_runs(fitted, thr, plan.concurrent)
+        if left is None or predicted <= left:
+            break
+    else:
+        raise ValueError(f"--time-budget {format_duration(budget_s)} is too small: one seed of each config at "
+                         f"{job.recipe.describe()} is predicted to take {format_duration(predicted)} here")
+    say(f"predicted {format_duration(predicted)} here for {len(job.cands)} configs x {seeds} seed(s), "
+        f"{fitted.recipe.describe()}" + (f" (fewer seeds than {job.recipe.seeds} to fit --time-budget "
+                                         f"{format_duration(budget_s)})" if seeds < job.recipe.seeds else ""))
+    return fitted, predicted, None if left is None else Deadline(started + budget_s, thr)
 
 
 if __name__ == "__main__":

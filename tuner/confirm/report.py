@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from mnist_net.data import N_VAL
+from mnist_net.cli import format_duration
 from tuner.confirm import stats
-from tuner.confirm.recipe import Recipe
+from tuner.confirm.recipe import FULL_RECIPE, SEED_RECIPE_GAP_PP, SEED_RECIPE_TEST_ACC, Recipe, starved
 from tuner.space import METRIC, PARAMS, SEED_CONFIG
 
 SEED_LABEL = "seed_config"
@@ -115,6 +116,7 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
     correct = [[r["predictions"] == test_labels for r in runs[c.label]] for c in (challenger, seed)]
     comparison = stats.compare(*correct)  # per config, per seed: each test image right or wrong
     comparison["outcome"] = stats.outcome(comparison)
+    comparison["starved"] = starved(summaries[seed.label]["test_acc_mean"])  # recipe.starved: the rule
     role = "the confirmed winner" if winner is challenger else "the best searched"
     comparison["verdict"] = stats.verdict(comparison, recipe.epochs, recipe.images(),
                                           (f"{role} ({challenger.label})", "the seed's config"))
@@ -128,6 +130,21 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
             "budget": {"epochs": recipe.epochs, "train_images": recipe.images(), "train_split": recipe.train_split,
                        "select_images": N_VAL if recipe.selects else 0, "test_images": len(test_labels),
                        "seeds": recipe.seeds}}
+
+
+def seed_recipe_lines(rep: dict) -> list[str]:
+    """Below the seed's recipe: whether the gap speaks for it (recipe.starved), and the command that measures it there."""
+    out, seed, hint, full = [], rep[SEED_LABEL]["test_acc_mean"], rep.get("full_recipe"), FULL_RECIPE
+    if hint is None:
+        return out
+    if rep["comparison"].get("starved"):
+        out.append(f"the seed's config is far from converged here ({seed:.2f}% on test, against "
+                   f"{SEED_RECIPE_TEST_ACC:.2f}% at its own recipe): this gap measures how starved it is at "
+                   f"this recipe, not what tuning gains at the seed's (+{SEED_RECIPE_GAP_PP:.2f} pp measured "
+                   "there, docs/confirm.md)")
+    out.append(f"the gap at the seed's recipe ({full.seeds} seeds x {full.epochs} epochs on {full.images():,} images), "
+               f"predicted {format_duration(hint['predicted_s'])} here: {hint['command']}")
+    return out
 
 
 def lines(rep: dict) -> list[str]:
@@ -146,6 +163,7 @@ def lines(rep: dict) -> list[str]:
     out += [f"warning: {w}" for w in rep["warnings"]]
     out.append(f"confirmed winner: {rep['winner']['label']} ({rep['winner']['why']})")
     out.append(rep["comparison"]["verdict"])
+    out += seed_recipe_lines(rep)
     if rep["comparison"]["outcome"].endswith("_on_every_seed") and rep.get("source", "").endswith("trials.csv"):
         search, size = Path(rep["source"]).parent, rep["recipe"]["train_size"]
         out.append(f"more seeds, reusing the runs saved here: python -m tuner.retrain --search {search.name} "

@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mnist_net import files
+from mnist_net.cli import say
 from mnist_net.config import TrainConfig
 from mnist_net.data import eval_split_name
 from mnist_net.engine import build_training, fit, predict
 from mnist_net.runtime import autocast, autocast_dtype
 from tuner import worker
+from tuner.fidelity import Throughput
 from tuner.confirm.recipe import Recipe
 from tuner.confirm.report import Candidate
-from tuner.plan import placement
+from tuner.plan import budget, placement
+from tuner.plan.budget import run_time
 from tuner.run import progress
 from tuner.space import PARAMS
 
@@ -81,33 +86,91 @@ class RunStore:
         files.write_json(self.path(*key, ".json"), run)  # last: its presence means the run is whole
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """When the confirm runs must have ended (time.monotonic()), and the speeds that predict a run."""
+
+    end: float
+    thr: Throughput
+
+    def run_s(self, config: dict, recipe: Recipe) -> float:
+        return run_time(recipe.epochs, recipe.images(), 1 / self.thr.train[config["batch_size"]], self.thr)
+
+
 def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: placement.Placement, store: RunStore,
-            changes: dict | None = None, predicted_s: float | None = None) -> dict[str, list[dict]]:
-    """Every (candidate, seed) run, read from the store or trained as Ray tasks submitted at once."""
+            changes: dict | None = None, predicted_s: float | None = None,
+            deadline: Deadline | None = None) -> dict[str, list[dict]]:
+    """Every (candidate, seed) run, read from the store or trained as Ray tasks submitted at once, seed by seed; with a
+    deadline, the last seeds are dropped whole when the runs so far say the rest would end after it."""
     import ray
 
     runs = {(c.label, s): store.load(c.config, s, recipe) for c in cands for s in range(1, recipe.seeds + 1)}
-    missing = [(c, s) for c in cands for s in range(1, recipe.seeds + 1) if runs[(c.label, s)] is None]
+    missing = [(c, s) for s in range(1, recipe.seeds + 1) for c in cands if runs[(c.label, s)] is None]
     # ray.remote(**options), not .options(): Ray takes max_calls (a fresh worker per GPU run) only there
     refs = {ray.remote(**placement.task_options(plan, f"confirm-{c.label.replace(' ', '')}-seed{s}"))(run_one).remote(
         dict(c.config), s, recipe, data_dir, plan.cpu_per_trial, changes): (c, s) for c, s in missing}
     bar = progress.runs_bar(len(runs), predicted_s, "confirm")
     bar.update(len(runs) - len(missing))  # read back from the store
     bar.refresh()
-    pending = list(refs)
+    pending, seeds = list(refs), recipe.seeds
+    pace = Pace(plan.concurrent, pending)
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, _ = ray.wait(pending, num_returns=1)
+            pending.remove(done[0])
             (c, s), run = refs[done[0]], ray.get(done[0])
             store.save(run, recipe)
             runs[(c.label, s)] = store.load(c.config, s, recipe)
             bar.update(1)
             score = f"val {run['val_acc']:.2f}%" if run["val_acc"] is not None else f"test {run['test_acc']:.2f}%"
             bar.set_postfix_str(f"last: {c.label} seed {s}, {score}, {run['seconds']:.0f}s")  # no val at 60k
+            if deadline is not None:
+                pace.ended(run["seconds"] / deadline.run_s(run["config"], recipe))
+                pending, seeds = fit_deadline(deadline, pace, refs, pending, recipe, seeds)
     except BaseException:  # a failed run or Ctrl-C: the others are no longer wanted; saved runs stay
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
     finally:
         bar.close()
-    return {c.label: [runs[(c.label, s)] for s in range(1, recipe.seeds + 1)] for c in cands}
+    return {c.label: [runs[(c.label, s)] for s in range(1, seeds + 1)] for c in cands}
+
+
+def fit_deadline(deadline: Deadline, pace: Pace, refs: dict, pending: list, recipe: Recipe,
+                 seeds: int) -> tuple[list, int]:
+    """(pending, seeds) after dropping whole seeds, last first, while the runs left would end after the deadline."""
+    import ray
+
+    while seeds > 1 and pace.left_s([deadline.run_s(refs[r][0].config, recipe) for r in pending],
+                                    pending) + time.monotonic() > deadline.end:
+        drop = [r for r in pending if refs[r][1] == seeds]
+        pending = [r for r in pending if r not in drop]
+        for ref in drop:
+            ray.cancel(ref, force=True)
+        say(f"confirm stage: runs take {pace.ratio():.2f}x their prediction; seed {seeds} dropped to end "
+            "within the time budget")
+        seeds -= 1
+    return pending, seeds
+
+
+class Pace:
+    """How long the runs still pending will take: each predicted run scaled by the ratio measured so far; the first
+    `slots` pending are running (since the run before them ended), the rest wait for a slot."""
+
+    def __init__(self, slots: int, submitted: list) -> None:
+        self.slots, self.ratios = max(slots, 1), []
+        self.since = dict.fromkeys(submitted[:self.slots], time.monotonic())  # when each running run started
+
+    def ended(self, ratio: float) -> None:
+        self.ratios.append(ratio)
+
+    def ratio(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else 1.0
+
+    def left_s(self, predicted: list[float], pending: list) -> float:
+        now, r = time.monotonic(), self.ratio()
+        running = pending[:self.slots]
+        for ref in running:
+            self.since.setdefault(ref, now)  # it took the slot of the run that just ended
+        ends = [max(self.since[ref] + r * p - now, 0.0) for ref, p in zip(running, predicted)]
+        return budget.makespan([r * p for p in predicted[len(running):]], len(ends), ends) if ends else 0.0

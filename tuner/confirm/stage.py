@@ -6,7 +6,8 @@ tuner.retrain; the search runs it itself at its end (confirm_search).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import load_splits
 from mnist_net.runtime import provenance
 from tuner.confirm import report as confirm
-from tuner.confirm.recipe import Recipe, confirm_recipe
+from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs, full_recipe_time, search_speeds
 from tuner.confirm.report import SEED_LABEL, Candidate
-from tuner.confirm.runs import RunStore, run_all
+from tuner.confirm.runs import Deadline, RunStore, run_all
+from tuner.plan.budget import CONFIRM_SETUP_S, PUBLISH_S, makespan, run_time
 from tuner.plan import placement
 from tuner.publish import writer
 from tuner.run import tracking
@@ -75,6 +77,24 @@ def search_candidates(folder: Path, top: int) -> tuple[list[Candidate], Path, st
     return confirm.candidates(read_trials(folder), top), folder, str(folder / "trials.csv")
 
 
+def confirmed_candidates(folder: Path) -> tuple[list[Candidate], Path, str]:
+    """The config a confirm stage in `folder` compared with the seed's (its retrain.json's best), and the seed's."""
+    path = folder / "retrain.json"
+    rep = files.read_json(path, str(path), missing_hint=f"; confirm it first: python -m tuner.retrain --search "
+                          f"{folder.name} --results {folder.parent}", invalid_hint="; confirm the search again")
+    best = rep["best"]
+    return ([Candidate(best["label"], dict(best["config"]), best.get("proxy_val_acc"), best.get("trial_id")),
+             Candidate(SEED_LABEL, dict(SEED_CONFIG))], folder, str(path))
+
+
+def predict_runs(job: Job, thr, concurrent: int) -> float:
+    """Seconds the job's runs not yet saved will take at `thr` (calibrated), over `concurrent` slots."""
+    store, r = RunStore(job.out / "runs"), job.recipe
+    todo = [run_time(r.epochs, r.images(), 1 / thr.train[c.config["batch_size"]], thr)
+            for s in range(1, r.seeds + 1) for c in job.cands if not store.path(c.config, s, r, ".json").is_file()]
+    return CONFIRM_SETUP_S + thr.load_s + makespan(todo, min(concurrent, len(todo))) if todo else 0.0
+
+
 def config_candidates(path: Path) -> tuple[list[Candidate], Path, str]:
     """A best_config.json's one config and its seed config; (them, its search's summary folder, the file)."""
     best = read_best(path)
@@ -97,11 +117,13 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
     cands = tuple(confirm.candidates(trials, settings.top))
     plan = place_runs(len(cands) * settings.confirm_seeds, settings.gpus_per_trial, settings.cpus_per_trial)
     epochs = pd.read_csv(summary_dir / "trial_epochs.csv").merge(trials[["trial_id", "batch_size"]], on="trial_id")
+    thr = search_speeds(settings, epochs)
     recipe, predicted_s = confirm_recipe(settings, left_s, [c.config["batch_size"] for c in cands[:-1]],
-                                         epochs, plan.concurrent)
+                                         thr, plan.concurrent)
     job = Job(cands, recipe, data_dir, summary_dir, str(summary_dir / "trials.csv"), settings.train_changes())
+    deadline = None if thr is None or left_s is None else Deadline(time.monotonic() + left_s - PUBLISH_S, thr)
     try:
-        rep = execute(job, plan, predicted_s)
+        rep = execute(job, plan, predicted_s, deadline)
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, ValueError):  # e.g. a GPU share on a torch without CUDA
             raise ValueError(str(err.cause)) from None
@@ -112,18 +134,38 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
     return rep
 
 
-def execute(job: Job, plan: placement.Placement, predicted_s: float | None = None) -> dict:
-    """Run (or read back) every run on the connected Ray, then write and return the report."""
+def execute(job: Job, plan: placement.Placement, predicted_s: float | None = None,
+            deadline: Deadline | None = None) -> dict:
+    """Run (or read back) every run on the connected Ray (dropping the last seeds a deadline cannot fit), then
+    write and return the report."""
     splits = load_splits(job.data_dir)
     say(f"confirm: {len(job.cands)} configs x {job.recipe.seeds} seed(s), {job.recipe.describe()}; {plan.describe()}")
     cands = list(job.cands)
-    runs = run_all(cands, job.recipe, job.data_dir, plan, RunStore(job.out / "runs"), job.changes, predicted_s)
+    runs = run_all(cands, job.recipe, job.data_dir, plan, RunStore(job.out / "runs"), job.changes, predicted_s,
+                   deadline)
+    job = replace(job, recipe=replace(job.recipe, seeds=len(runs[SEED_LABEL])))
     rep = {**confirm.report(cands, runs, splits["test"].labels.numpy(), job.recipe), "source": job.source,
            "provenance": provenance()}
+    rep["full_recipe"] = full_recipe_hint(job, rep, runs, plan.concurrent)
     write_outputs(job, runs, rep)
     for line in confirm.lines(rep):
         say(line)
     return rep
+
+
+def full_recipe_hint(job: Job, rep: dict, runs: dict[str, list[dict]], concurrent: int) -> dict | None:
+    """The command that checks this verdict at the seed's recipe, and its time predicted from these runs' speeds;
+    None when these runs are the seed's recipe already."""
+    if job.recipe.train_split == "train+val" and job.recipe.epochs >= FULL_RECIPE.epochs:
+        return None
+    if job.source.endswith(("trials.csv", "retrain.json")):  # a search's folder
+        folder = Path(job.source).parent
+        what = f"--search {folder.name} --results {folder.parent}"
+    else:
+        what = f"--config {job.source}"
+    batch = rep["best"]["config"]["batch_size"]
+    return {"command": f"python -m tuner.retrain {what} --full-recipe",
+            "predicted_s": round(full_recipe_time(from_runs(runs), batch, concurrent), 1)}
 
 
 def write_outputs(job: Job, runs: dict[str, list[dict]], rep: dict) -> None:

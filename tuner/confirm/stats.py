@@ -10,11 +10,16 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from mnist_net.config import TrainConfig
+from mnist_net.data import N_TRAIN, N_VAL
+
 CONFIDENCE = 0.95
 ALPHA = 0.05  # per-seed McNemar level
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # a fixed random_state: the same predictions give the same interval
 MAX_SEEDS_SUGGESTED = 50
+BOUND_PP = 100.0  # an accuracy difference lies in [-100, 100] pp: a t interval past that is no interval
+SEED_RECIPE = (TrainConfig.epochs, N_TRAIN + N_VAL)  # the seed's own: 20 epochs on the 60k of train+val
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -58,16 +63,22 @@ def compare(correct_best: list[np.ndarray], correct_seed: list[np.ndarray]) -> d
     acc_best = [100.0 * float(np.mean(a)) for a in correct_best]
     acc_seed = [100.0 * float(np.mean(b)) for b in correct_seed]
     low = high = math.nan
+    dispersed = None
     if len(per_seed) >= 2:
         method = "paired t over seeds (scipy.stats.ttest_rel)"
         low, high = paired_t_ci(acc_best, acc_seed)
-    if not math.isfinite(low):  # one seed, or seeds that all differ by exactly the same amount
+        if max(-low, high) > BOUND_PP:  # seeds spread so wide the t interval leaves the possible range
+            dispersed, low, high = [round(low, 2), round(high, 2)], math.nan, math.nan
+    if not math.isfinite(low):  # one seed, seeds that all differ by the same amount, or too dispersed ones
         method = (f"paired bootstrap over test images{' of all seeds pooled' if len(per_seed) > 1 else ''} "
-                  f"(scipy.stats.bootstrap, BCa, {BOOTSTRAP_RESAMPLES} resamples, random_state {BOOTSTRAP_SEED})")
+                  f"(scipy.stats.bootstrap, BCa, {BOOTSTRAP_RESAMPLES} resamples, random_state {BOOTSTRAP_SEED})"
+                  + (f"; the seeds are too dispersed for a t interval across seeds ({dispersed[0]:.2f} to "
+                     f"{dispersed[1]:.2f} pp)" if dispersed else ""))
         low, high = bootstrap_ci(np.concatenate(correct_best), np.concatenate(correct_seed))
     return {"diff_pp": [s["diff_pp"] for s in per_seed],
             "mean_diff_pp": float(np.mean([s["diff_pp"] for s in per_seed])),
             "ci_low_pp": low, "ci_high_pp": high, "confidence": CONFIDENCE, "ci_method": method,
+            "dispersed_t_pp": dispersed,  # the t interval that reached past +-100 pp, or None
             "mcnemar": per_seed, "acc_best": acc_best, "acc_seed_config": acc_seed}
 
 
@@ -116,6 +127,19 @@ def _per_seed(comparison: dict) -> str:
     return ", ".join(f"{d:+.2f}" for d in comparison["diff_pp"]) + " pp"  # A - B
 
 
+def scope(epochs: int, train_images: int) -> str:
+    """Where a verdict holds, beside the seed's recipe: 'at 4 epochs on 5k images (1/60 of the seed's 20 x 60k)'."""
+    def images(n: int) -> str:
+        return f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"  # 60k, 1,024
+
+    (seed_epochs, seed_images), share = SEED_RECIPE, epochs * train_images / (SEED_RECIPE[0] * SEED_RECIPE[1])
+    at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images(train_images)} images"
+    if (epochs, train_images) == SEED_RECIPE:
+        return f"{at} (the seed's recipe)"
+    part = f"1/{round(1 / share)}" if share <= 0.5 else f"{share:.0%}".replace("%", " %")
+    return f"{at} ({part} of the seed's {seed_epochs} × {images(seed_images)})"
+
+
 def verdict(comparison: dict, epochs: int, train_images: int,
             names: tuple[str, str] = ("best", "the seed's config")) -> str:
     """One line: which of the four outcomes, by how much, the numbers behind it, and at which budget."""
@@ -125,19 +149,21 @@ def verdict(comparison: dict, epochs: int, train_images: int,
     ps = [m["pvalue"] for m in comparison["mcnemar"]]
     p = ("McNemar p < 0.001" + (" for each seed" if seeds > 1 else "") if all(x < 0.001 for x in ps)
          else "McNemar p = " + ", ".join(f"{x:.2g}" for x in ps) + (" per seed" if seeds > 1 else ""))
-    images = f"{train_images // 1000}k" if train_images % 1000 == 0 else f"{train_images:,}"  # 60k, 1,024
-    at = f"at {epochs} epoch{'s' * (epochs != 1)} on {images} images, {seeds} seed{'s' * (seeds != 1)}"
+    at = f"{scope(epochs, train_images)}, {seeds} seed{'s' * (seeds != 1)}"
     kind = outcome(comparison)
     if kind in ("better", "worse"):
         up, down, by, lo, hi = (a, b, mean, low, high) if kind == "better" else (b, a, -mean, -high, -low)
         return f"{up} beats {down} by {by:.2f} pp on test across seeds ({pct} % CI {_interval(lo, hi)}, {p}) {at}"
     if kind in ("better_on_every_seed", "worse_on_every_seed"):
         winner, loser = (a, b) if kind == "better_on_every_seed" else (b, a)
+        head = f"{winner} beats {loser} on every seed ({_per_seed(comparison)} per seed, {p})"
+        if comparison.get("dispersed_t_pp"):
+            return (f"{head}, but the seeds are too dispersed for an interval across seeds (a t interval "
+                    f"would pass ±{BOUND_PP:.0f} pp); {at}")
         need = seeds_to_decide(comparison["diff_pp"])
         decide = (f"about {need} seeds would decide it (--seeds {need})" if need else
                   f"--seeds {max(3, seeds + 1)} or more would give an interval across seeds")
-        return (f"{winner} beats {loser} on every seed ({_per_seed(comparison)} per seed, {p}), but {seeds} "
-                f"seed{'s are' if seeds != 1 else ' is'} too few to generalise: {decide}; {at}")
+        return f"{head}, but {seeds} seed{'s are' if seeds != 1 else ' is'} too few to generalise: {decide}; {at}"
     if kind == "disagree":
         return (f"the seeds disagree: {a} - {b} {_per_seed(comparison)} per seed ({p}), significant both ways; "
                 f"neither config is better {at}")

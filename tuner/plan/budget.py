@@ -46,17 +46,20 @@ def confirm_time(seeds: int, epochs: int, images: int, searched_s_per_image: lis
                  concurrent: int) -> float:
     """The confirm stage's wall time: every (config, seed) run, in the order tuner.confirm_runs
     submits them, over the slots; the seed's config trains at batch 512's speed."""
-    def run(s_per_image: float) -> float:  # epochs, each scored on the whole val split; then test once
-        return epochs * (images * s_per_image + N_VAL / thr.eval + EPOCH_OVERHEAD_S) + N_TEST / thr.eval
-
     per_config = searched_s_per_image + [1 / thr.train[SEED_CONFIG["batch_size"]]]
-    runs = [run(s) for s in per_config for _ in range(seeds)]
+    runs = [run_time(epochs, images, s, thr) for _ in range(seeds) for s in per_config]
     return CONFIRM_SETUP_S + thr.load_s + makespan(runs, min(concurrent, len(runs)))
 
 
-def makespan(durations: list[float], slots: int) -> float:
-    """When the last of `durations` ends, each started in order on the first free slot."""
-    ends = [0.0] * slots
+def run_time(epochs: int, images: int, s_per_image: float, thr: Throughput) -> float:
+    """One confirm run: `epochs`, each scored on a whole 10k split (val, or test at 60k); then test once."""
+    return epochs * (images * s_per_image + N_VAL / thr.eval + EPOCH_OVERHEAD_S) + N_TEST / thr.eval
+
+
+def makespan(durations: list[float], slots: int, busy: list[float] = ()) -> float:
+    """When the last of `durations` ends, each started in order on the first free slot (`busy`: when
+    the slots already taken free up)."""
+    ends = sorted(list(busy) + [0.0] * (slots - len(busy)))
     for d in durations:
         heapq.heappush(ends, heapq.heappop(ends) + d)
     return max(ends)
@@ -118,3 +121,28 @@ def raise_confirm(f: Fidelity, thr: Throughput, left_s: float, searched_s_per_im
         if confirm_time(f.confirm_seeds, epochs, images, searched_s_per_image, thr, concurrent) <= left_s:
             return epochs, images
     return f.confirm_epochs, f.confirm_train_size
+
+
+def shrink_confirm(f: Fidelity, thr: Throughput, left_s: float, searched_s_per_image: list[float],
+                   concurrent: int) -> tuple[int, int, int] | None:
+    """(seeds, epochs, images) below the plan that fit in left_s: images first (down to MIN_CONFIRM_IMAGES),
+    then epochs, then seeds, as the ladder drops them last; None if even one seed of one epoch does not."""
+    sizes = [n for n in _sizes(f.confirm_train_size) if n < f.confirm_train_size] or [f.confirm_train_size]
+    tries = [(f.confirm_epochs, n) for n in sizes] + [(e, sizes[-1]) for e in range(f.confirm_epochs - 1, 0, -1)]
+    for seeds in range(f.confirm_seeds, 0, -1):
+        for e, n in tries:
+            if confirm_time(seeds, e, n, searched_s_per_image, thr, concurrent) <= left_s:
+                return seeds, e, n
+    return None
+
+
+MIN_CONFIRM_IMAGES = 1000  # the ladder's fewest images per trial
+
+
+def _sizes(first: int) -> list[int]:
+    """first, ~0.9 first, ... down to MIN_CONFIRM_IMAGES, in hundreds."""
+    out, n = [], float(first)
+    while n > MIN_CONFIRM_IMAGES:
+        out.append(int(n) // 100 * 100)
+        n *= 0.9
+    return out + [MIN_CONFIRM_IMAGES]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from mnist_net import files
 from tuner import space
+from tuner.run.study import name_metric
 from tuner.space import EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, WHERE, study_value
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")  # optuna's plot_<name>
@@ -82,6 +83,7 @@ def build_study(trials: pd.DataFrame, epochs: pd.DataFrame, storage_file: Path, 
         tmp_db = Path(tmp) / "study.db"
         study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_db}",
                                     direction="maximize" if MODE == "max" else "minimize")
+        name_metric(study)
         for _, row in trials.iterrows():
             if any(pd.isna(row[p]) for p in PARAMS):
                 continue  # a trial whose actor never started has no config to record

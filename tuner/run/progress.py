@@ -3,10 +3,14 @@
     search 12/32 [6 finished, 6 stopped, 2 running] best 98.71% (lr 0.0412, m 0.874, bs 64) | 4:02 < ETA 9:30
 
 Stopped = ended early by ASHA; diverged and errored trials count as ended too. The ETA moves from the plan's
-prediction towards the observed rate as trials end; without a plan it is the observed rate, once a trial has ended."""
+prediction towards the observed rate as trials end; without a plan it is the observed rate, once a trial has ended.
+
+Off a terminal (nohup, CI, a pipe: see `live`) nothing is redrawn, since a log keeps every carriage return: the same
+text is a plain line when a trial ends and once a minute between, and the confirm stage prints a line per run."""
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +20,14 @@ from tqdm.auto import tqdm
 from tuner.space import METRIC, TIME_ATTR, status_from_result
 
 REFRESH_S = 1.0  # Ray's controller loop steps many times a second; the line needs far fewer
+HEARTBEAT_S = 60.0  # off a terminal every line stays in the log: between trial ends, one a minute shows it is alive
+
+
+def live() -> bool:
+    """Whether progress may redraw one line in place: tqdm's stream (stderr) is a terminal, or tqdm.auto drew a
+    notebook widget. Decided here only, so tests can force it."""
+    notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)  # tqdm.auto's pick, made at its import
+    return notebook or bool(sys.stderr is not None and sys.stderr.isatty())
 
 
 def clock(seconds: float) -> str:
@@ -26,12 +38,40 @@ def clock(seconds: float) -> str:
 
 
 def runs_bar(total: int, predicted_s: float | None, desc: str):
-    """A tqdm bar for `total` runs of a later stage (confirm), noting the predicted time until a postfix replaces it."""
+    """A tqdm bar for `total` runs of a later stage (confirm), noting the predicted time until a postfix replaces it;
+    off a terminal, RunLines."""
     fmt = "{desc} {n_fmt}/{total_fmt} runs |{bar:20}| {elapsed} elapsed{postfix}"
-    bar = tqdm(total=total, desc=desc, bar_format=fmt, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, bar_format=fmt, dynamic_ncols=True) if live() else RunLines(total, desc)
     if predicted_s is not None:
         bar.set_postfix_str(f"predicted {clock(predicted_s)}")  # tqdm puts ", " before it
     return bar
+
+
+class RunLines:
+    """runs_bar off a terminal: the bar's text as a plain line whenever it is news, never redrawn. The tqdm calls
+    tuner.confirm.runs makes: a run's line comes with its postfix (set after update), or at refresh()/close()."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.n, self.postfix = total, desc, 0, ""
+        self._start, self._said = time.monotonic(), None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, s: str) -> None:
+        self.postfix = s
+        self.refresh()
+
+    def refresh(self) -> None:
+        if (self.n, self.postfix) == self._said:
+            return
+        self._said = (self.n, self.postfix)
+        elapsed = tqdm.format_interval(time.monotonic() - self._start)
+        print(f"{self.desc} {self.n}/{self.total} runs | {elapsed} elapsed" + (self.postfix and f", {self.postfix}"),
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.refresh()
 
 
 @dataclass
@@ -91,25 +131,28 @@ class Tally:
 
 
 class SearchProgress(Callback):
-    """Draws the Tally as one tqdm line; the bar is made in setup(), never pickled (Ray pickles it for a --resume)."""
+    """Draws the Tally as one tqdm line, or off a terminal as plain lines (`_say`); set up in setup(), never
+    pickled (Ray pickles it for a --resume)."""
 
     def __init__(self, tally: Tally, desc: str = "search"):
         self.tally, self.desc = tally, desc
-        self._bar, self._start, self._drawn = None, 0.0, 0.0
+        self._bar, self._live, self._start, self._drawn = None, None, 0.0, 0.0  # _live None: not set up
+        self._line, self._said, self._said_at = "", None, 0.0  # off a terminal: the last line composed, and printed
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_bar": None}
+        return {**self.__dict__, "_bar": None, "_live": None}
 
     def setup(self, **info) -> None:
-        self._start = time.monotonic()
-        # the whole line is the description: tqdm's own rate-based remaining time is not the plan's
-        self._bar = tqdm(total=self.tally.total, desc=self.desc, dynamic_ncols=True, bar_format="{desc}")
+        self._start, self._live, self._said = time.monotonic(), live(), None
+        if self._live:  # the whole line is the description: tqdm's own rate-based remaining time is not the plan's
+            self._bar = tqdm(total=self.tally.total, desc=self.desc, dynamic_ncols=True, bar_format="{desc}")
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._drawn >= REFRESH_S:
             self._draw(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        # Tune calls this while the trial still reads RUNNING: off a terminal its line comes on the next step
         self._draw(trials)
 
     def on_experiment_end(self, trials: list, **info) -> None:
@@ -117,18 +160,31 @@ class SearchProgress(Callback):
         self.close()
 
     def close(self) -> None:
-        """End the line (also after Ctrl-C: Tune then calls no on_experiment_end), so later output starts anew."""
+        """End the line (also after Ctrl-C: Tune then calls no on_experiment_end), so later output starts anew;
+        off a terminal, print the last state if no line said it yet."""
         if self._bar is not None and not self._bar.disable:
             self._bar.close()  # tqdm: once; its desc (the line) stays readable
+        elif self._live is False and self._said != self._state():
+            self._say()
 
     def _draw(self, trials: list) -> None:
-        if self._bar is None:
+        if self._live is None:
             return
         self.tally.update(trials)
-        self._drawn = time.monotonic()
-        self._bar.n = self.tally.ended
-        self._bar.set_description_str(  # refreshes the line
-            f"{self.desc} {self.tally.ended}/{self.tally.total} {self.tally.postfix(self._drawn - self._start)}")
+        self._drawn = now = time.monotonic()
+        self._line = f"{self.desc} {self.tally.ended}/{self.tally.total} {self.tally.postfix(now - self._start)}"
+        if self._bar is not None:
+            self._bar.n = self.tally.ended
+            self._bar.set_description_str(self._line)  # refreshes the line
+        elif self._said is None or self.tally.ended != self._said[0] or now - self._said_at >= HEARTBEAT_S:
+            self._say()
+
+    def _state(self) -> tuple:
+        return self.tally.ended, sorted(self.tally.counts.items()), self.tally.best
+
+    def _say(self) -> None:
+        self._said, self._said_at = self._state(), time.monotonic()
+        print(self._line, file=sys.stderr, flush=True)
 
 
 def for_search(settings, resumed: bool) -> SearchProgress:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.run.study import rdb_storage
+from tuner.run.study import name_metric, rdb_storage
 from tuner.space import METRIC, MODE, TIME_ATTR, WHERE, status_from_result
 
 
@@ -28,11 +28,13 @@ class LiveOptunaSearch(OptunaSearch):
         import optuna
 
         if self._study_name not in optuna.study.get_all_study_names(self._storage):
-            return super()._setup_study(mode)
-        points, rewards = self._points_to_evaluate, self._evaluated_rewards
-        self._points_to_evaluate, self._evaluated_rewards = [], None
-        super()._setup_study(mode)
-        self._points_to_evaluate, self._evaluated_rewards = points, rewards
+            super()._setup_study(mode)
+        else:
+            points, rewards = self._points_to_evaluate, self._evaluated_rewards
+            self._points_to_evaluate, self._evaluated_rewards = [], None
+            super()._setup_study(mode)
+            self._points_to_evaluate, self._evaluated_rewards = points, rewards
+        name_metric(self._ot_study)  # on a resume too: a study saved before issue 23 named no metric
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
