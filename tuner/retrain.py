@@ -16,15 +16,30 @@ from dataclasses import replace
 from pathlib import Path
 
 from mnist_net import files
-from mnist_net.cli import (Parser, add_compile_mode, compile_changes, format_duration, non_negative_float,
-                           parse_duration, positive_int, say)
+from mnist_net.cli import (
+    Parser,
+    add_compile_mode,
+    compile_changes,
+    format_duration,
+    non_negative_float,
+    parse_duration,
+    positive_int,
+    say,
+)
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 from mnist_net.download import DataUnavailable
 from tuner.confirm.recipe import FULL_RECIPE, Recipe
 from tuner.confirm.runs import Deadline
-from tuner.confirm.stage import (Job, config_candidates, confirmed_candidates, execute, place_runs, predict_runs,
-                                 search_candidates)
+from tuner.confirm.stage import (
+    Job,
+    config_candidates,
+    confirmed_candidates,
+    execute,
+    place_runs,
+    predict_runs,
+    search_candidates,
+)
 from tuner.plan.calibrate import calibrate
 from tuner.run import cluster
 from tuner.settings import DEFAULT_CONFIRM_TOP, SearchSettings

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mnist_net.data import N_VAL
 from mnist_net.cli import format_duration
+from mnist_net.data import N_VAL
 from tuner.confirm import stats
 from tuner.confirm.recipe import FULL_RECIPE, SEED_RECIPE_GAP_PP, SEED_RECIPE_TEST_ACC, Recipe, starved
 from tuner.space import METRIC, PARAMS, SEED_CONFIG
@@ -133,7 +133,7 @@ def report(cands: list[Candidate], runs: dict[str, list[dict]], test_labels: np.
 
 
 def seed_recipe_lines(rep: dict) -> list[str]:
-    """Below the seed's recipe: whether the gap speaks for it (recipe.starved), and the command that measures it there."""
+    """Below the seed's recipe: whether the gap speaks for it (recipe.starved), and the command that measures there."""
     out, seed, hint, full = [], rep[SEED_LABEL]["test_acc_mean"], rep.get("full_recipe"), FULL_RECIPE
     if hint is None:
         return out

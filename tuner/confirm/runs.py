@@ -22,9 +22,9 @@ from mnist_net.data import eval_split_name
 from mnist_net.engine import build_training, fit, predict
 from mnist_net.runtime import autocast, autocast_dtype
 from tuner import worker
-from tuner.fidelity import Throughput
 from tuner.confirm.recipe import Recipe
 from tuner.confirm.report import Candidate
+from tuner.fidelity import Throughput
 from tuner.plan import budget, placement
 from tuner.plan.budget import run_time
 from tuner.run import progress
@@ -172,5 +172,5 @@ class Pace:
         running = pending[:self.slots]
         for ref in running:
             self.since.setdefault(ref, now)  # it took the slot of the run that just ended
-        ends = [max(self.since[ref] + r * p - now, 0.0) for ref, p in zip(running, predicted)]
+        ends = [max(self.since[ref] + r * p - now, 0.0) for ref, p in zip(running, predicted, strict=False)]
         return budget.makespan([r * p for p in predicted[len(running):]], len(ends), ends) if ends else 0.0

@@ -22,8 +22,8 @@ from tuner.confirm import report as confirm
 from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs, full_recipe_time, search_speeds
 from tuner.confirm.report import SEED_LABEL, Candidate
 from tuner.confirm.runs import Deadline, RunStore, run_all
-from tuner.plan.budget import CONFIRM_SETUP_S, PUBLISH_S, makespan, run_time
 from tuner.plan import placement
+from tuner.plan.budget import CONFIRM_SETUP_S, PUBLISH_S, makespan, run_time
 from tuner.publish import writer
 from tuner.run import tracking
 from tuner.space import PARAMS, SEED_CONFIG
