@@ -245,9 +245,44 @@ def test_the_speeds_are_learnt_from_the_trials_epochs():
 
     epochs = pd.DataFrame({"batch_size": [64, 64, 64, 512], "images_per_s": [400.0, 500.0, 600.0, 900.0],
                            "eval_seconds": [2.0, 2.5, 3.0, 2.5]})
-    thr = recipe.measured(FLAT, epochs, eval_images=5000)
+    thr = budget.measured(FLAT, epochs, eval_images=5000)
     assert thr.train[64] == 500.0 and thr.train[512] == 900.0 and thr.train[128] == 1000.0  # unseen: calibrated
     assert thr.eval == 2000.0  # 5,000 images in a median 2.5 s
+
+
+def test_the_searchs_hard_stop_moves_as_the_trials_teach_the_confirm_stages_cost(capsys):
+    """LearningStop: trials twice as slow as calibrated make the predicted confirm stage longer, so the search stops
+    earlier (by what the confirm stage gains, within MOVE of the plan); faster ones give the search more; the smoke
+    preset's stop never moves."""
+    from tuner.run.deadline import MOVE, REPLAN_EVERY, LearningStop
+
+    plan = a_budget_plan()
+    plan = replace(plan, search_time_budget_s=1200.0 - 30.0 - plan.predicted.confirm_s - PUBLISH_S)  # as planned
+    settings = SearchSettings(fidelity_mode="time", time_budget_s=1200.0, budget_plan=plan)
+
+    def fed(speed: float, eval_s: float) -> LearningStop:
+        stop = LearningStop(settings, configs=4)
+        for _ in range(REPLAN_EVERY):
+            assert stop("t1", {"config": {"batch_size": 64}, "images_per_s": speed, "eval_seconds": eval_s}) is False
+        return stop
+
+    f = plan.fidelity
+    same = fed(1000.0, f.eval_size / 2000.0)  # what the calibration said: the stop stays
+    assert same.hard_stop_s == pytest.approx(plan.search_time_budget_s)
+    slow = fed(250.0, f.eval_size / 500.0)
+    thr = Throughput({**FLAT.train, 64: 250.0}, 500.0)
+    confirm = budget.confirm_time(f.confirm_seeds, f.confirm_epochs, f.confirm_train_size, [thr.s_per_image()] * 3,
+                                  thr, SLOTS)
+    floor = MOVE[0] * plan.search_time_budget_s
+    assert slow.hard_stop_s == pytest.approx(max(1200.0 - 30.0 - confirm - PUBLISH_S, floor))
+    assert slow.hard_stop_s < same.hard_stop_s and slow._budget == slow.hard_stop_s
+    assert "the search's hard stop moves to" in capsys.readouterr().err
+    assert same.hard_stop_s < fed(4000.0, f.eval_size / 8000.0).hard_stop_s <= MOVE[1] * plan.search_time_budget_s
+    smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=fidelity.BudgetPlan(25.0))
+    stop = LearningStop(smoke, configs=4)
+    for _ in range(REPLAN_EVERY):
+        stop("t1", {"config": {"batch_size": 64}, "images_per_s": 1.0, "eval_seconds": 9.0})
+    assert stop.hard_stop_s == 25.0
 
 
 def a_budget_plan(fixed=()) -> fidelity.BudgetPlan:

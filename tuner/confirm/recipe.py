@@ -5,7 +5,7 @@ against the seed's own (`starved`), and the full-recipe check that measures it t
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -13,7 +13,7 @@ from mnist_net.cli import format_duration, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import N_TRAIN, N_VAL
 from tuner.fidelity import Throughput
-from tuner.plan.budget import MIN_CONFIRM_IMAGES, PUBLISH_S, confirm_time, raise_confirm, shrink_confirm
+from tuner.plan.budget import MIN_CONFIRM_IMAGES, PUBLISH_S, confirm_time, measured, raise_confirm, shrink_confirm
 from tuner.settings import SearchSettings
 
 SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}  # the images a recipe's split trains on
@@ -82,17 +82,6 @@ def search_speeds(settings: SearchSettings, epochs: pd.DataFrame | None) -> Thro
     if b is None or b.throughput is None:
         return None
     return measured(b.throughput, epochs, settings.eval_size or N_VAL)
-
-
-def measured(thr: Throughput, epochs: pd.DataFrame | None, eval_images: int = N_VAL) -> Throughput:
-    """The calibrated speeds, replaced by the medians the trials reported: training images/s per batch size,
-    and eval images/s (`eval_images` scored per epoch)."""
-    if epochs is None or epochs.empty or "batch_size" not in epochs:
-        return thr
-    seen = epochs.dropna(subset=["images_per_s"]).groupby("batch_size")["images_per_s"].median()
-    evals = epochs["eval_seconds"].dropna() if "eval_seconds" in epochs else pd.Series(dtype=float)
-    return replace(thr, train={b: float(seen.get(b, v)) for b, v in thr.train.items()},
-                   eval=eval_images / float(evals.median()) if len(evals) and evals.median() > 0 else thr.eval)
 
 
 def from_runs(runs: dict[str, list[dict]], load_s: float = 0.0) -> Throughput:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from mnist_net.cli import format_duration
 from mnist_net.data import N_TEST, N_TRAIN, N_VAL
 from tuner.fidelity import LADDER, Fidelity, Prediction, Throughput, expected_epochs
 from tuner.space import SEED_CONFIG
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Overheads measured on the 2-core CPU VM (README): per-epoch report and checkpoint, per-trial Ray
 # bookkeeping with reused actors, the Tuner's start, the confirm stage's task start-up and writes, and
@@ -54,6 +58,17 @@ def confirm_time(seeds: int, epochs: int, images: int, searched_s_per_image: lis
 def run_time(epochs: int, images: int, s_per_image: float, thr: Throughput) -> float:
     """One confirm run: `epochs`, each scored on a whole 10k split (val, or test at 60k); then test once."""
     return epochs * (images * s_per_image + N_VAL / thr.eval + EPOCH_OVERHEAD_S) + N_TEST / thr.eval
+
+
+def measured(thr: Throughput, epochs: pd.DataFrame | None, eval_images: int = N_VAL) -> Throughput:
+    """The calibrated speeds, replaced by the medians the trials reported: training images/s per batch size,
+    and eval images/s (`eval_images` scored per epoch)."""
+    if epochs is None or epochs.empty or "batch_size" not in epochs:
+        return thr
+    seen = epochs.dropna(subset=["images_per_s"]).groupby("batch_size")["images_per_s"].median()
+    evals = epochs["eval_seconds"].dropna().median() if "eval_seconds" in epochs else math.nan
+    return replace(thr, train={b: float(seen.get(b, v)) for b, v in thr.train.items()},
+                   eval=eval_images / float(evals) if evals > 0 else thr.eval)  # False for nan
 
 
 def makespan(durations: list[float], slots: int, busy: list[float] = ()) -> float:

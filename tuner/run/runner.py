@@ -68,6 +68,7 @@ def run_trials(exp, plan: SearchPlan) -> SearchRun | None:
     interrupted: its state is saved, the line saying how to resume printed, and Ray disconnected."""
     from ray import tune
 
+    from tuner.run import deadline
     from tuner.run.trainable import train_s5
 
     settings = plan.settings
@@ -77,6 +78,7 @@ def run_trials(exp, plan: SearchPlan) -> SearchRun | None:
                              checkpoint_every=settings.checkpoint_every),
         plan.placement.resources)
     start = time.time()
+    deadline.clear()
     try:
         if exp.resumed:
             say(f"resuming {exp.name}: finished trials are kept, the rest continue from their checkpoints")
@@ -90,9 +92,10 @@ def run_trials(exp, plan: SearchPlan) -> SearchRun | None:
     except KeyboardInterrupt:
         grid = None
     ended_early = grid is not None and unfinished(grid, settings.num_samples)
-    # Ray's time_budget_s stops the trials as Ctrl-C does; only the time taken tells them apart.
+    # The hard stop ends the trials as Ctrl-C does: the stopper says it fired (an experiment saved before it
+    # existed used Ray's time_budget_s: the time taken tells them apart)
     hard_stop = settings.search_time_budget_s
-    by_budget = ended_early and hard_stop is not None and time.time() - start >= hard_stop
+    by_budget = ended_early and (deadline.fired() or hard_stop is not None and time.time() - start >= hard_stop)
     if grid is None or (ended_early and not by_budget):
         with sigint_ignored():  # one more Ctrl-C must not cut ray.shutdown() and leave Ray running
             watching.end(None, interrupted=True)  # first: it ends the progress line
@@ -124,18 +127,20 @@ def build_tuner(trainable, settings: SearchSettings, placement, storage: str, na
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from tuner.run.deadline import LearningStop
+
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=RUNG_METRIC, mode=MODE, max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space(),
         tune_config=tune.TuneConfig(search_alg=searcher(settings, name, warm, summary_dir), scheduler=scheduler,
                                     num_samples=settings.num_samples, max_concurrent_trials=placement.concurrent,
-                                    # the hard stop of a --time-budget: the confirm stage gets the rest
-                                    time_budget_s=settings.search_time_budget_s,
                                     # a new process per trial costs seconds of imports and data loading
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1 if verbose else 0, callbacks=callbacks,
+            # the hard stop of a --time-budget, re-planned as trials report: the confirm stage gets the rest
+            stop=LearningStop(settings, settings.top + 1) if settings.search_time_budget_s else None,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
