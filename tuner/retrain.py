@@ -40,6 +40,7 @@ from tuner.confirm.stage import (
     predict_runs,
     search_candidates,
 )
+from tuner.plan.budget import DROP_SLACK
 from tuner.plan.calibrate import calibrate
 from tuner.run import cluster
 from tuner.settings import DEFAULT_CONFIRM_TOP, SearchSettings
@@ -168,7 +169,7 @@ def timed(job: Job, plan, budget_s: float | None, started: float) -> tuple[Job, 
     say(f"predicted {format_duration(predicted)} here for {len(job.cands)} configs x {seeds} seed(s), "
         f"{fitted.recipe.describe()}" + (f" (fewer seeds than {job.recipe.seeds} to fit --time-budget "
                                          f"{format_duration(budget_s)})" if seeds < job.recipe.seeds else ""))
-    return fitted, predicted, None if left is None else Deadline(started + budget_s, thr)
+    return fitted, predicted, None if left is None else Deadline(started + budget_s, thr, DROP_SLACK * budget_s)
 
 
 if __name__ == "__main__":

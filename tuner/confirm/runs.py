@@ -88,10 +88,12 @@ class RunStore:
 
 @dataclass(frozen=True)
 class Deadline:
-    """When the confirm runs must have ended (time.monotonic()), and the speeds that predict a run."""
+    """When the confirm runs must have ended (time.monotonic()), the speeds that predict a run, and the overrun
+    tolerated before a seed is dropped (a seed fewer costs the verdict more than a few seconds cost the budget)."""
 
     end: float
     thr: Throughput
+    slack_s: float = 0.0
 
     def run_s(self, config: dict, recipe: Recipe) -> float:
         return run_time(recipe.epochs, recipe.images(), 1 / self.thr.train[config["batch_size"]], self.thr)
@@ -142,7 +144,7 @@ def fit_deadline(deadline: Deadline, pace: Pace, refs: dict, pending: list, reci
     import ray
 
     while seeds > 1 and pace.left_s([deadline.run_s(refs[r][0].config, recipe) for r in pending],
-                                    pending) + time.monotonic() > deadline.end:
+                                    pending) + time.monotonic() > deadline.end + deadline.slack_s:
         drop = [r for r in pending if refs[r][1] == seeds]
         pending = [r for r in pending if r not in drop]
         for ref in drop:

@@ -23,7 +23,7 @@ from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs,
 from tuner.confirm.report import SEED_LABEL, Candidate
 from tuner.confirm.runs import Deadline, RunStore, run_all
 from tuner.plan import placement
-from tuner.plan.budget import CONFIRM_SETUP_S, PUBLISH_S, makespan, run_time
+from tuner.plan.budget import CONFIRM_SETUP_S, DROP_SLACK, PUBLISH_S, makespan, run_time
 from tuner.publish import writer
 from tuner.run import tracking
 from tuner.space import PARAMS, SEED_CONFIG
@@ -121,7 +121,8 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
     recipe, predicted_s = confirm_recipe(settings, left_s, [c.config["batch_size"] for c in cands[:-1]],
                                          thr, plan.concurrent)
     job = Job(cands, recipe, data_dir, summary_dir, str(summary_dir / "trials.csv"), settings.train_changes())
-    deadline = None if thr is None or left_s is None else Deadline(time.monotonic() + left_s - PUBLISH_S, thr)
+    deadline = None if thr is None or left_s is None else Deadline(time.monotonic() + left_s - PUBLISH_S, thr,
+                                                                   DROP_SLACK * settings.time_budget_s)
     try:
         rep = execute(job, plan, predicted_s, deadline)
     except ray.exceptions.RayTaskError as err:
