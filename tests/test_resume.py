@@ -27,9 +27,10 @@ pytestmark = [pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parents[1]
 # The session search's preset (tests/helpers_search.py): the 2nd checkpoint at epoch 2 forces Ray to snapshot
-# the experiment state. Epochs of 1,024 images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run;
+# the experiment state. Epochs of 2,048 images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run
+# (1,024 did not on a VM training ~1,400 images/s per trial: trial 2 ran its 3 epochs between two looks);
 # TPE's proposals do not depend on it. 4 trials: the 4th is TPE's first proposal, after the 3 fixed points.
-TRAIN_SIZE = 1024
+TRAIN_SIZE = 2048
 TRIALS = 4
 # An experiment the flat layout (tuner/*.py, commit 4997d4a, before the stage folders) saved, made there by
 # `python -m tuner.search --smoke-test --no-confirm --num-samples 4 --max-epochs 2 --train-size 1024
