@@ -74,7 +74,8 @@ def check_statistics(report: dict, out: Path, labels: np.ndarray, split: str) ->
     assert c["ci_method"].startswith("paired bootstrap")  # one seed
     assert c["verdict"].endswith("at 1 epoch on 1,024 images (1/1172 of the seed's 20 × 60k), 1 seed")
     rev = review.Review(folder=out, best={}, trials=None, epochs=None, retrain=report)  # what the notebook shows
-    assert review.verdict(rev) == c["verdict"]
+    assert review.verdict(rev).splitlines() == [c["verdict"], *report["seed_recipe_lines"]]
+    assert report["seed_recipe_lines"][-1].endswith("--full-recipe")  # 1 epoch on 1,024: below the seed's recipe
 
 
 def write_search(folder: Path) -> None:

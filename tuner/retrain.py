@@ -156,7 +156,8 @@ def connected(parser: Parser, args, job: Job, started: float) -> dict:
 
 def timed(job: Job, plan, budget_s: float | None, started: float) -> tuple[Job, float, Deadline | None]:
     """Calibrate here, predict the runs still to train, and fit the seeds to a budget; ValueError if 1 does not fit."""
-    thr = calibrate(job.data_dir, TrainConfig(**job.changes), plan.cpu_per_trial, plan.gpu_per_trial, plan.concurrent)
+    thr = calibrate(job.data_dir, TrainConfig(**job.changes), plan.cpu_per_trial, plan.gpu_per_trial, plan.concurrent,
+                    tuple(sorted({c.config["batch_size"] for c in job.cands})))
     left = None if budget_s is None else budget_s - (time.monotonic() - started)
     for seeds in range(job.recipe.seeds, 0, -1):
         fitted = replace(job, recipe=replace(job.recipe, seeds=seeds))

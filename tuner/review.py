@@ -182,12 +182,12 @@ def ranking(review: Review) -> str:
 
 
 def verdict(review: Review) -> str:
-    """The retrain's one-line verdict (tuner.confirm.stats), or why there is none."""
+    """The verdict (tuner.confirm.stats) and, below the seed's recipe, where it holds; or why there is none."""
     comparison = review.retrain.get("comparison")
     if comparison is None:  # a retrain.json from before the paired statistics
         return ("This retrain.json has no paired comparison; rerun `python -m tuner.retrain --out DIR` "
                 "for McNemar's test and a confidence interval.")
-    return comparison["verdict"]
+    return "\n".join([comparison["verdict"], *review.retrain.get("seed_recipe_lines", [])])
 
 
 def comparison_table(review: Review) -> pd.DataFrame | None:

@@ -163,7 +163,7 @@ def lines(rep: dict) -> list[str]:
     out += [f"warning: {w}" for w in rep["warnings"]]
     out.append(f"confirmed winner: {rep['winner']['label']} ({rep['winner']['why']})")
     out.append(rep["comparison"]["verdict"])
-    out += seed_recipe_lines(rep)
+    out += rep.get("seed_recipe_lines", [])
     if rep["comparison"]["outcome"].endswith("_on_every_seed") and rep.get("source", "").endswith("trials.csv"):
         search, size = Path(rep["source"]).parent, rep["recipe"]["train_size"]
         out.append(f"more seeds, reusing the runs saved here: python -m tuner.retrain --search {search.name} "

@@ -148,6 +148,7 @@ def execute(job: Job, plan: placement.Placement, predicted_s: float | None = Non
     rep = {**confirm.report(cands, runs, splits["test"].labels.numpy(), job.recipe), "source": job.source,
            "provenance": provenance()}
     rep["full_recipe"] = full_recipe_hint(job, rep, runs, plan.concurrent)
+    rep["seed_recipe_lines"] = confirm.seed_recipe_lines(rep)  # what the notebook shows under the verdict
     write_outputs(job, runs, rep)
     for line in confirm.lines(rep):
         say(line)

@@ -58,7 +58,7 @@ def measure_eval(cfg, val, device) -> float:
     return len(val) / (time.perf_counter() - start)
 
 
-def calibration_task(data_dir: str, base, threads: int) -> dict:
+def calibration_task(data_dir: str, base, threads: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict:
     """One trial's throughput per batch size, on the device and threads Ray gave this task."""
     from mnist_net.data import load_splits  # not the per-worker cache: load_s is what a trial pays
 
@@ -67,14 +67,15 @@ def calibration_task(data_dir: str, base, threads: int) -> dict:
     splits = load_splits(data_dir)
     load_s = time.perf_counter() - start
     steps = TIMED_STEPS.get(device.type, TIMED_STEPS["cpu"])
-    train = splits["train"].subset(max(steps * max(BATCH_SIZES), CALIBRATION_IMAGES), base.seed).to(device)
-    speeds = {b: measure_train(base.replace(batch_size=b), train, device) for b in BATCH_SIZES}
+    train = splits["train"].subset(max(steps * max(batch_sizes), CALIBRATION_IMAGES), base.seed).to(device)
+    speeds = {b: measure_train(base.replace(batch_size=b), train, device) for b in batch_sizes}
     val = _head(splits["val"], CALIBRATION_EVAL).to(device)
     return {"train": speeds, "eval": measure_eval(base, val, device), "load_s": load_s, "pid": os.getpid(),
             "node": node_label()}
 
 
-def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> list[dict]:
+def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int,
+                     batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[dict]:
     """What `tasks` calibration tasks, at once with one trial's resources (GPU ones never share a worker), measured."""
     import ray
 
@@ -82,20 +83,22 @@ def calibration_runs(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: flo
     remote = ray.remote(**task_resources(cpu_per_trial, gpu_per_trial, "calibration"), max_retries=0,
                         scheduling_strategy="SPREAD")(calibration_task)
     try:
-        return ray.get([remote.remote(data_dir, base, cpu_per_trial) for _ in range(tasks)])
+        return ray.get([remote.remote(data_dir, base, cpu_per_trial, batch_sizes) for _ in range(tasks)])
     except ray.exceptions.RayTaskError as err:  # e.g. a GPU share on a torch without CUDA
         raise ValueError(f"calibration failed: {getattr(err, 'cause', None) or err}") from None
 
 
-def calibrate(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int) -> Throughput:
-    """Run `tasks` calibration tasks at once, each with one trial's resources; their mean speed."""
-    found = calibration_runs(data_dir, base, cpu_per_trial, gpu_per_trial, tasks)
+def calibrate(data_dir: str, base, cpu_per_trial: int, gpu_per_trial: float, tasks: int,
+              batch_sizes: tuple[int, ...] = BATCH_SIZES) -> Throughput:
+    """Run `tasks` calibration tasks at once, each with one trial's resources; their mean speed (at `batch_sizes`:
+    the search needs the space's, a confirm run its configs')."""
+    found = calibration_runs(data_dir, base, cpu_per_trial, gpu_per_trial, tasks, batch_sizes)
     nodes = sorted({r["node"] for r in found})
     if len(nodes) > 1:  # trials are ranked alike on every node; the plan says how fast each is
         say("calibrated per node, training images/s per trial (mean over batch sizes): " + ", ".join(
             f"{n} {statistics.fmean(v for r in found if r['node'] == n for v in r['train'].values()):.0f}"
             for n in nodes))
-    return Throughput(train={b: statistics.fmean(r["train"][b] for r in found) for b in BATCH_SIZES},
+    return Throughput(train={b: statistics.fmean(r["train"][b] for r in found) for b in batch_sizes},
                       eval=statistics.fmean(r["eval"] for r in found), load_s=max(r["load_s"] for r in found))
 
 

@@ -110,6 +110,7 @@ def record_confirmation(out: Path, summary_dir: Path, report: dict) -> dict:
         "confirmed": {"winner": report["winner"]["label"], "why": report["winner"]["why"],
                       "verdict": comparison["verdict"], "outcome": comparison["outcome"],
                       "kendall_tau": rank.get("tau"), "recipe": report["recipe"], "warnings": report["warnings"],
+                      "seed_config_starved": comparison.get("starved"), "full_recipe": report.get("full_recipe"),
                       "file": "retrain.json"},
     })
     files.write_json(summary_dir / "best_config.json", best)
