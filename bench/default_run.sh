@@ -25,7 +25,7 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e . > "$WORK/pip.log" 2>&1
 
 {
-  echo "# $* python -m tuner.search --num-samples 32"
+  echo "# ${*:-(no variables)} python -m tuner.search --num-samples 32"
   echo "# fresh clone of $(git rev-parse --short HEAD), $(date -u '+%Y-%m-%d %H:%M UTC'), output to a file"
   echo "# CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, avx512_bf16: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no)"
 } > "$OUT/command.log"
@@ -38,5 +38,6 @@ wall = float(sys.argv[2]) - float(sys.argv[1])
 print(f"wall {wall:.1f} s = {wall / 60:.2f} min against the 20-minute budget: {100 * (wall / 1200 - 1):+.1f} %")
 PY
 cat "$OUT/wall.txt"
-cp -r results/s5-*/ "$OUT/"
+name=$(sed -n 's/^experiment \([^:]*\): Ray storage.*/\1/p' "$OUT/command.log" | head -1)
+cp -r "results/$name" "$OUT/"
 find "$OUT" -name '*.pt' -delete
