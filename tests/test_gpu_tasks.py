@@ -53,7 +53,7 @@ def test_a_gpu_task_never_runs_twice_in_one_worker(six_cpus_two_gpus):
     assert "max_calls" not in placement.task_resources(1, 0.0, "cpu run")  # CPU workers keep their cache
 
 
-def fake_calibration_task(data_dir, base, threads) -> dict:
+def fake_calibration_task(data_dir, base, threads, batch_sizes=()) -> dict:
     time.sleep(0.2)
     return {"pid": os.getpid()}
 
