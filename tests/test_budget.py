@@ -261,7 +261,7 @@ def test_the_searchs_hard_stop_moves_as_the_trials_teach_the_confirm_stages_cost
     settings = SearchSettings(fidelity_mode="time", time_budget_s=1200.0, budget_plan=plan)
 
     def fed(speed: float, eval_s: float) -> LearningStop:
-        stop = LearningStop(settings, configs=4)
+        stop = LearningStop(settings)
         for _ in range(REPLAN_EVERY):
             assert stop("t1", {"config": {"batch_size": 64}, "images_per_s": speed, "eval_seconds": eval_s}) is False
         return stop
@@ -279,7 +279,7 @@ def test_the_searchs_hard_stop_moves_as_the_trials_teach_the_confirm_stages_cost
     assert "the search's hard stop moves to" in capsys.readouterr().err
     assert same.hard_stop_s < fed(4000.0, f.eval_size / 8000.0).hard_stop_s <= MOVE[1] * plan.search_time_budget_s
     smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=fidelity.BudgetPlan(25.0))
-    stop = LearningStop(smoke, configs=4)
+    stop = LearningStop(smoke)
     for _ in range(REPLAN_EVERY):
         stop("t1", {"config": {"batch_size": 64}, "images_per_s": 1.0, "eval_seconds": 9.0})
     assert stop.hard_stop_s == 25.0

@@ -7,13 +7,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-import pandas as pd
-
 from mnist_net.cli import format_duration, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import N_TRAIN, N_VAL
 from tuner.fidelity import Throughput
-from tuner.plan.budget import MIN_CONFIRM_IMAGES, PUBLISH_S, confirm_time, measured, raise_confirm, shrink_confirm
+from tuner.plan.budget import MIN_CONFIRM_IMAGES, PUBLISH_S, confirm_time, raise_confirm, shrink_confirm
 from tuner.settings import SearchSettings
 
 SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}  # the images a recipe's split trains on
@@ -76,15 +74,7 @@ def confirm_recipe(settings: SearchSettings, left_s: float | None = None, batch_
     return Recipe(seeds, e, None if n >= N_TRAIN else n), predicted
 
 
-def search_speeds(settings: SearchSettings, epochs: pd.DataFrame | None) -> Throughput | None:
-    """The speeds a planned search measured (None: no plan): its calibration, learnt from its trials' epochs."""
-    b = settings.budget_plan
-    if b is None or b.throughput is None:
-        return None
-    return measured(b.throughput, epochs, settings.eval_size or N_VAL)
-
-
-def from_runs(runs: dict[str, list[dict]], load_s: float = 0.0) -> Throughput:
+def from_runs(runs: dict[str, list[dict]]) -> Throughput:
     """The speeds confirm runs measured: median training images/s per batch size, eval images/s on 10k."""
     train: dict[int, list[float]] = {}
     evals = []
@@ -92,7 +82,7 @@ def from_runs(runs: dict[str, list[dict]], load_s: float = 0.0) -> Throughput:
         for e in run["epochs_history"]:
             train.setdefault(run["config"]["batch_size"], []).append(e["images_per_s"])
             evals += [N_VAL / e["eval_seconds"]] if e.get("eval_seconds") else []
-    return Throughput({b: statistics.median(v) for b, v in train.items()}, statistics.median(evals), load_s)
+    return Throughput({b: statistics.median(v) for b, v in train.items()}, statistics.median(evals))
 
 
 def full_recipe_time(thr: Throughput, batch_size: int, concurrent: int, seeds: int = FULL_RECIPE.seeds) -> float:

@@ -26,7 +26,6 @@ from tuner.confirm.recipe import Recipe
 from tuner.confirm.report import Candidate
 from tuner.fidelity import Throughput
 from tuner.plan import budget, placement
-from tuner.plan.budget import run_time
 from tuner.run import progress
 from tuner.space import PARAMS
 
@@ -96,7 +95,7 @@ class Deadline:
     slack_s: float = 0.0
 
     def run_s(self, config: dict, recipe: Recipe) -> float:
-        return run_time(recipe.epochs, recipe.images(), 1 / self.thr.train[config["batch_size"]], self.thr)
+        return budget.run_time(recipe.epochs, recipe.images(), 1 / self.thr.train[config["batch_size"]], self.thr)
 
 
 def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: placement.Placement, store: RunStore,

@@ -19,11 +19,11 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import load_splits
 from mnist_net.runtime import provenance
 from tuner.confirm import report as confirm
-from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs, full_recipe_time, search_speeds
+from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs, full_recipe_time
 from tuner.confirm.report import SEED_LABEL, Candidate
 from tuner.confirm.runs import Deadline, RunStore, run_all
 from tuner.plan import placement
-from tuner.plan.budget import CONFIRM_SETUP_S, DROP_SLACK, PUBLISH_S, makespan, run_time
+from tuner.plan.budget import DROP_SLACK, PUBLISH_S, run_time, runs_time, search_speeds
 from tuner.publish import writer
 from tuner.run import tracking
 from tuner.space import PARAMS, SEED_CONFIG
@@ -92,7 +92,7 @@ def predict_runs(job: Job, thr, concurrent: int) -> float:
     store, r = RunStore(job.out / "runs"), job.recipe
     todo = [run_time(r.epochs, r.images(), 1 / thr.train[c.config["batch_size"]], thr)
             for s in range(1, r.seeds + 1) for c in job.cands if not store.path(c.config, s, r, ".json").is_file()]
-    return CONFIRM_SETUP_S + thr.load_s + makespan(todo, min(concurrent, len(todo))) if todo else 0.0
+    return runs_time(todo, thr, concurrent)
 
 
 def config_candidates(path: Path) -> tuple[list[Candidate], Path, str]:

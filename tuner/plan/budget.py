@@ -20,6 +20,8 @@ from tuner.space import SEED_CONFIG
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tuner.settings import SearchSettings
+
 # Overheads measured on the 2-core CPU VM (README): per-epoch report and checkpoint, per-trial Ray
 # bookkeeping with reused actors, the Tuner's start, the confirm stage's task start-up and writes, and
 # publishing the tables, study and plots.
@@ -44,9 +46,19 @@ def predict(f: Fidelity, thr: Throughput, num_samples: int, concurrent: int,
     trial = expected_epochs(f.max_epochs, num_samples) * epoch + TRIAL_OVERHEAD_S
     full = f.max_epochs * epoch + TRIAL_OVERHEAD_S
     search = SEARCH_SETUP_S + thr.load_s + num_samples * trial / slots + (slots - 1) / slots * full / 2
-    searched = [thr.s_per_image()] * (configs - 1)
-    confirm = confirm_time(f.confirm_seeds, f.confirm_epochs, f.confirm_train_size, searched, thr, concurrent)
+    confirm = planned_confirm_time(f, thr, concurrent, configs)
     return Prediction(search, confirm, spent_s + search + confirm + PUBLISH_S)
+
+
+def planned_confirm_time(f: Fidelity, thr: Throughput, concurrent: int, configs: int) -> float:
+    """The confirm stage at `f` before its candidates are known: each searched config at the mean batch speed."""
+    searched = [thr.s_per_image()] * (configs - 1)
+    return confirm_time(f.confirm_seeds, f.confirm_epochs, f.confirm_train_size, searched, thr, concurrent)
+
+
+def hard_stop(budget_s: float, spent_s: float, confirm_s: float) -> float:
+    """The search's hard stop (seconds from its start): what the budget leaves after the confirm stage."""
+    return budget_s - spent_s - confirm_s - PUBLISH_S
 
 
 def confirm_time(seeds: int, epochs: int, images: int, searched_s_per_image: list[float], thr: Throughput,
@@ -54,13 +66,25 @@ def confirm_time(seeds: int, epochs: int, images: int, searched_s_per_image: lis
     """The confirm stage's wall time: every (config, seed) run, in the order tuner.confirm_runs
     submits them, over the slots; the seed's config trains at batch 512's speed."""
     per_config = searched_s_per_image + [1 / thr.train[SEED_CONFIG["batch_size"]]]
-    runs = [run_time(epochs, images, s, thr) for _ in range(seeds) for s in per_config]
-    return CONFIRM_SETUP_S + thr.load_s + makespan(runs, min(concurrent, len(runs)))
+    return runs_time([run_time(epochs, images, s, thr) for _ in range(seeds) for s in per_config], thr, concurrent)
+
+
+def runs_time(durations: list[float], thr: Throughput, concurrent: int) -> float:
+    """Confirm runs of these `durations` as a stage: its start-up, then their makespan over the slots."""
+    return CONFIRM_SETUP_S + thr.load_s + makespan(durations, min(concurrent, len(durations))) if durations else 0.0
 
 
 def run_time(epochs: int, images: int, s_per_image: float, thr: Throughput) -> float:
     """One confirm run: `epochs`, each scored on a whole 10k split (val, or test at 60k); then test once."""
     return epochs * (images * s_per_image + N_VAL / thr.eval + EPOCH_OVERHEAD_S) + N_TEST / thr.eval
+
+
+def search_speeds(settings: SearchSettings, epochs: pd.DataFrame | None) -> Throughput | None:
+    """The speeds a planned search measured (None: no plan): its calibration, learnt from its trials' epochs."""
+    b = settings.budget_plan
+    if b is None or b.throughput is None:
+        return None
+    return measured(b.throughput, epochs, b.fidelity.eval_size if b.fidelity else settings.fidelity().eval_size)
 
 
 def measured(thr: Throughput, epochs: pd.DataFrame | None, eval_images: int = N_VAL) -> Throughput:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from mnist_net.cli import format_duration, say
 from tuner.fidelity import LADDER, BudgetPlan, Throughput
-from tuner.plan.budget import PLAN_MARGIN, PUBLISH_S, pick_level, predict
+from tuner.plan.budget import PLAN_MARGIN, hard_stop, pick_level, predict
 from tuner.plan.calibrate import calibrate
 from tuner.plan.placement import Placement, alive_nodes, place
 from tuner.settings import SearchSettings, with_default_budget
@@ -63,8 +63,8 @@ def plan_settings(settings: SearchSettings, placement: Placement, data_dir: str,
     spent = time.monotonic() - started
     level, fidelity, predicted = pick_level(thr, settings.time_budget_s, settings.num_samples, placement.concurrent,
                                             spent, fixed, PLAN_MARGIN, configs=settings.top + 1)
-    hard_stop = settings.time_budget_s - spent - predicted.confirm_s - PUBLISH_S
-    record = BudgetPlan(round(hard_stop, 1), level + 1, fidelity, tuple(sorted(fixed)), predicted, thr,
+    stop = hard_stop(settings.time_budget_s, spent, predicted.confirm_s)
+    record = BudgetPlan(round(stop, 1), level + 1, fidelity, tuple(sorted(fixed)), predicted, thr,
                         round(calibration_s, 1), tasks, round(spent, 1))  # level 1 = the full recipe, as printed
     return replace(settings, **fidelity.settings(), budget_plan=record)
 

@@ -8,7 +8,7 @@ import pandas as pd
 from ray.tune.stopper import TimeoutStopper
 
 from mnist_net.cli import format_duration, say
-from tuner.plan.budget import PUBLISH_S, confirm_time, measured
+from tuner.plan.budget import hard_stop, planned_confirm_time, search_speeds
 
 _FIRED: list[float] = []  # the hard stops that fired in this process: the driver runs Tune's controller, and a
 # restored experiment's stopper is Ray's own unpickled copy, so the runner asks here (fired) rather than an instance
@@ -19,9 +19,9 @@ MOVE = (0.5, 1.5)  # the hard stop stays within these multiples of the plan's, w
 class LearningStop(TimeoutStopper):
     """Stops every trial at the hard stop, which moves as the trials' epochs teach the confirm stage's cost."""
 
-    def __init__(self, settings, configs: int) -> None:
+    def __init__(self, settings) -> None:
         super().__init__(settings.search_time_budget_s)
-        self.settings, self.configs, self.rows = settings, configs, []
+        self.settings, self.rows = settings, []
 
     @property
     def hard_stop_s(self) -> float:
@@ -46,10 +46,8 @@ class LearningStop(TimeoutStopper):
         s, b = self.settings, self.settings.budget_plan
         if b is None or b.fidelity is None:  # the smoke preset: its budget only stops the search
             return
-        f, thr = b.fidelity, measured(b.throughput, pd.DataFrame(self.rows), s.eval_size or b.fidelity.eval_size)
-        confirm_s = confirm_time(f.confirm_seeds, f.confirm_epochs, f.confirm_train_size,
-                                 [thr.s_per_image()] * (self.configs - 1), thr, b.tasks or 1)
-        stop = s.time_budget_s - b.spent_before_search_s - confirm_s - PUBLISH_S
+        confirm_s = planned_confirm_time(b.fidelity, search_speeds(s, pd.DataFrame(self.rows)), b.tasks or 1, s.top + 1)
+        stop = hard_stop(s.time_budget_s, b.spent_before_search_s, confirm_s)
         stop = min(max(stop, MOVE[0] * b.search_time_budget_s), MOVE[1] * b.search_time_budget_s)
         if abs(stop - self._timeout_seconds) >= 0.02 * b.search_time_budget_s:  # say only what matters
             say(f"time budget: the trials' speeds predict the confirm stage at {format_duration(confirm_s)} "

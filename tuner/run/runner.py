@@ -140,7 +140,7 @@ def build_tuner(trainable, settings: SearchSettings, placement, storage: str, na
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1 if verbose else 0, callbacks=callbacks,
             # the hard stop of a --time-budget, re-planned as trials report: the confirm stage gets the rest
-            stop=LearningStop(settings, settings.top + 1) if settings.search_time_budget_s else None,
+            stop=LearningStop(settings) if settings.search_time_budget_s else None,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
