@@ -76,7 +76,7 @@ def test_report_records_every_run_the_winner_tau_and_a_verdict():
     runs = {"trial 2": [run(s, 99.0 + s / 10, flipped(60, s)) for s in (1, 2, 3)],
             "trial 5": [run(s, 98.7, flipped(90, 10 + s)) for s in (1, 2, 3)],
             # 149, 150, 151 wrong: the seeds' differences spread, so the paired t interval applies (equal
-            # differences would pool the seeds' 30k images into a bootstrap: ~25 s of BCa's jackknife)
+            # differences would pool the seeds' 30k images into a bootstrap: seconds more)
             SEED_LABEL: [run(s, 98.4, flipped(148 + s, 20 + s)) for s in (1, 2, 3)]}
     rep = report.report(CANDS, runs, LABELS, Recipe(3, 4, 8500))
     assert rep["winner"]["label"] == "trial 2" and rep["best"]["label"] == "trial 2"

@@ -1,0 +1,50 @@
+"""BCa against percentile bootstrap intervals on every committed test_predictions.npz (docs/confirm.md):
+each config's pooled per-image differences against the seed's config, both methods, and their time.
+
+    python bench/bootstrap_methods.py [--results results]
+"""
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from mnist_net.data import DEFAULT_DATA_DIR, load_splits
+from tuner.confirm.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+
+
+def interval(d: np.ndarray, method: str) -> tuple[float, float, float]:
+    """(low, high, seconds) of scipy's bootstrap of 100 x mean(d) by `method`."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        ci = stats.bootstrap((d,), lambda x, axis: 100 * np.mean(x, axis=axis), vectorized=True, batch=1000,
+                             confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+                             random_state=BOOTSTRAP_SEED, method=method).confidence_interval
+    return ci.low, ci.high, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=Path("results"), help="folder searched (default %(default)s)")
+    args = p.parse_args(argv)
+    labels = load_splits(DEFAULT_DATA_DIR)["test"].labels.numpy()
+    worst = 0.0
+    for path in sorted(args.results.rglob("test_predictions.npz")):
+        preds = np.load(path)
+        seed = np.concatenate([row == labels for row in preds["seed_config"]])
+        for label in (k for k in preds if k != "seed_config"):
+            d = np.concatenate([row == labels for row in preds[label]]).astype(float) - seed
+            bca, pct = interval(d, "BCa"), interval(d, "percentile")
+            worst = max(worst, abs(bca[0] - pct[0]), abs(bca[1] - pct[1]))
+            print(f"{path.parent}  {label}: n={d.size:,}  BCa {bca[0]:.3f} to {bca[1]:.3f} ({bca[2]:.1f} s)  "
+                  f"percentile {pct[0]:.3f} to {pct[1]:.3f} ({pct[2]:.1f} s)")
+    print(f"largest difference between the two methods' bounds: {worst:.3f} pp")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
