@@ -1,7 +1,7 @@
 """BCa against percentile bootstrap intervals on every committed test_predictions.npz (docs/confirm.md):
 each config's pooled per-image differences against the seed's config, both methods, and their time.
 
-    python bench/bootstrap_methods.py [--results results]
+    python bench/bootstrap_methods.py [--results results] [--images N]
 """
 
 import argparse
@@ -30,14 +30,15 @@ def interval(d: np.ndarray, method: str) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=Path("results"), help="folder searched (default %(default)s)")
+    p.add_argument("--images", type=int, default=10_000, help="first N test images of each seed (default %(default)s)")
     args = p.parse_args(argv)
-    labels = load_splits(DEFAULT_DATA_DIR)["test"].labels.numpy()
+    labels = load_splits(DEFAULT_DATA_DIR)["test"].labels.numpy()[:args.images]
     worst = 0.0
     for path in sorted(args.results.rglob("test_predictions.npz")):
         preds = np.load(path)
-        seed = np.concatenate([row == labels for row in preds["seed_config"]])
+        seed = np.concatenate([row[:args.images] == labels for row in preds["seed_config"]])
         for label in (k for k in preds if k != "seed_config"):
-            d = np.concatenate([row == labels for row in preds[label]]).astype(float) - seed
+            d = np.concatenate([row[:args.images] == labels for row in preds[label]]).astype(float) - seed
             bca, pct = interval(d, "BCa"), interval(d, "percentile")
             worst = max(worst, abs(bca[0] - pct[0]), abs(bca[1] - pct[1]))
             print(f"{path.parent}  {label}: n={d.size:,}  BCa {bca[0]:.3f} to {bca[1]:.3f} ({bca[2]:.1f} s)  "

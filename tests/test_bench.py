@@ -3,10 +3,22 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from bench import accuracy_parity, common, cpu_options, gpu_bench, gpu_paths, gpu_procs, gpu_report, memory, train_speed
+from bench import (
+    accuracy_parity,
+    bootstrap_methods,
+    common,
+    cpu_options,
+    gpu_bench,
+    gpu_paths,
+    gpu_procs,
+    gpu_report,
+    memory,
+    train_speed,
+)
 from mnist_net.data import N_TRAIN
 from mnist_net.runtime import cpu_has_bf16
 from tuner.space import BATCH_SIZES
@@ -164,3 +176,14 @@ def test_proxy_study_quick_ranks_its_designs_against_the_reference(tmp_path, cap
     assert set(report["result"]) == {*proxy_study.DESIGNS, "reference_top"}
     assert len(list((tmp_path / "runs").glob("*.json"))) == 12  # 3 trials x (3 designs + the reference)
     assert "Kendall τ vs reference" in (tmp_path / "proxy_study.md").read_text()
+
+
+def test_bootstrap_methods_compares_both_intervals_on_saved_predictions(tmp_path, splits, capsys):
+    labels = splits["test"].labels.numpy()[:1000]
+    rng = np.random.default_rng(0)
+    noisy = [np.where(rng.random(1000) < p, labels, (labels + 1) % 10) for p in (0.9, 0.6)]
+    np.savez(tmp_path / "test_predictions.npz", best=noisy[0][None], seed_config=noisy[1][None])
+    assert bootstrap_methods.main(["--results", str(tmp_path), "--images", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "best: n=1,000  BCa " in out and " percentile " in out
+    assert float(out.split("bounds: ")[1].split()[0]) < 1.0  # n = 1k: the methods still nearly agree
