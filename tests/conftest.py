@@ -28,6 +28,9 @@ import torch  # noqa: E402
 
 from mnist_net.data import DEFAULT_DATA_DIR, Split, load_splits  # noqa: E402
 
+# isort: split
+import raysession  # noqa: E402
+
 torch.set_num_threads(2)
 
 
@@ -45,6 +48,24 @@ def small(splits):
         return splits[name].subset(size, seed)
 
     return make
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray, started as tuner.search starts one and kept for the next test that asks for it: the searches
+    and confirm stages these tests run in this process use it as a caller's Ray (raysession.shared_ray)."""
+    raysession.shared_ray()
+
+
+def pytest_runtest_setup(item):
+    """A test that does not ask for local_ray runs with no shared Ray up (ended before any of its fixtures): it
+    may start a Ray of its own, or check that a command refuses before Ray starts, which a Ray up would hide."""
+    if "local_ray" not in item.fixturenames:
+        raysession.end_shared_ray()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    raysession.end_shared_ray()
 
 
 @pytest.fixture(scope="session")

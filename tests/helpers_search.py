@@ -16,14 +16,16 @@ from tuner import search
 
 
 def run_search(argv: list[str]) -> int:
-    """tuner.search.main in this process, on a local Ray that is shut down whatever happens."""
+    """tuner.search.main in this process: on the test's Ray if one is up (tests/conftest.py's local_ray), which it
+    leaves running, else on a local Ray of its own that is shut down whatever happens."""
+    was_up = ray.is_initialized()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
         mp.delenv("RAY_AUTH_MODE", raising=False)  # ray.init sets it; put it back afterwards
         try:
             return search.main(argv)
         finally:
-            if ray.is_initialized():
+            if not was_up and ray.is_initialized():
                 ray.shutdown()
 
 

@@ -138,3 +138,35 @@ def gpu_id_while_all_run(barrier) -> str:
     ids = ray.get_gpu_ids()
     assert len(ids) == 1
     return str(ids[0])
+
+
+# --- one local Ray for the tests that run searches and confirm stages in this process ----------------
+
+_shared = False  # whether the Ray this process runs was started by shared_ray()
+
+
+def shared_ray() -> None:
+    """A local Ray started as tuner.search starts one (cluster.connect with no --address), unless one is up. A
+    search or confirm stage in this process uses it as a caller's Ray and leaves it running (tuner.run.cluster):
+    the next test saves Ray's start and stop, ~5 s."""
+    global _shared
+    import pytest
+    import ray
+
+    if ray.is_initialized():
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.delenv("RAY_AUTH_MODE", raising=False)  # ray.init sets it; put it back afterwards
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    _shared = True
+
+
+def end_shared_ray() -> None:
+    """Shut down the Ray shared_ray() started, if it is still up; another test's own Ray is left alone."""
+    global _shared
+    import ray
+
+    if _shared and ray.is_initialized():
+        ray.shutdown()
+    _shared = False

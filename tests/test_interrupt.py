@@ -68,7 +68,7 @@ def interrupt_search(tmp_path: Path, presses: int) -> tuple[Path, str]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_search_prints_how_to_resume_and_resume_finishes_it(tmp_path):
+def test_ctrl_c_saves_the_search_prints_how_to_resume_and_resume_finishes_it(tmp_path, local_ray):
     """Ray 2.60 catches the first SIGINT itself: Tuner.fit stops the trials, saves the experiment
     and *returns*, with the stopped trials marked TERMINATED as if finished. The search must see
     the interruption (before the fix it published a 1-trial search as complete and exited 0)."""

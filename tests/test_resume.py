@@ -100,7 +100,7 @@ def uninterrupted_val_acc(config: dict, splits) -> list[float]:
     return [e.val_acc for e in history.epochs]
 
 
-def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searched, capfd):
+def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searched, capfd, local_ray):
     """SIGKILL mid-trial, then --resume: the ended trial is kept, the interrupted one goes on from its
     checkpoint, and TPE proposes what the uninterrupted session search (tests/conftest.py, the same
     preset and seed) proposed, config for config: the seed's config and the smoke points
@@ -179,7 +179,7 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searc
     assert list(epochs[epochs["trial_id"] == interrupted]["epoch"]) == list(range(1, MAX_EPOCHS + 1))
 
 
-def test_an_experiment_saved_by_the_flat_layout_resumes(tmp_path):
+def test_an_experiment_saved_by_the_flat_layout_resumes(tmp_path, local_ray):
     """Ray pickled that experiment's searcher and progress callback as tuner.searcher and tuner.progress:
     their old paths still import (tuner/__init__.py), so the stage folders' code resumes it to the end."""
     if SAVED_AT.exists() or SAVED_AT.is_symlink():

@@ -1,6 +1,6 @@
 """`tuner.retrain` on its own: a hand-written best_config.json at the seed's 60k recipe, and an existing
 search's top K from its trials.csv (winner chosen on val, verdict on test), on 1,024-image subsets.
-The runs are Ray tasks on a small in-process Ray, which the stage reuses and leaves running."""
+The runs are Ray tasks on the tests' shared local Ray (tests/conftest.py), which the stage reuses and leaves running."""
 
 import json
 import time
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.slow
 
 BEST = {"lr": 0.02, "momentum": 0.9, "batch_size": 256}
 OTHER = {"lr": 0.05, "momentum": 0.9, "batch_size": 32}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_config_at_the_seeds_60k_recipe(tmp_path, splits, local_ray):

@@ -241,7 +241,7 @@ def test_resume_of_an_unknown_name_is_refused(smoke, capfd):
     assert fingerprint(smoke.out) == before
 
 
-def test_same_seed_suggests_the_same_configs(tmp_path, trials):
+def test_same_seed_suggests_the_same_configs(tmp_path, trials, local_ray):
     """Two tiny searches, seed 7, one trial at a time: the same configs in the same order (and,
     single-threaded CPU training being deterministic, the same accuracies)."""
     argv = ["--smoke-test", "--no-retrain", "--max-concurrent", "1", "--num-samples", "4", "--max-epochs", "1",
@@ -249,6 +249,7 @@ def test_same_seed_suggests_the_same_configs(tmp_path, trials):
     tables = []
     for run in ("a", "b"):
         assert run_search(argv + ["--out", str(tmp_path / run)]) == 0
+        assert ray.is_initialized()  # the caller's Ray (local_ray): used, and left running
         tables.append(pd.read_csv(tmp_path / run / "rep" / "trials.csv"))
     a, b = tables
     columns = ["trial", *PARAMS, "best_val_acc", "epochs_run", "status"]
@@ -258,7 +259,7 @@ def test_same_seed_suggests_the_same_configs(tmp_path, trials):
     assert a.loc[3, "lr"] != trials.loc[3, "lr"]
 
 
-def test_a_search_stopped_by_its_time_budget_publishes_what_finished(tmp_path, capfd):
+def test_a_search_stopped_by_its_time_budget_publishes_what_finished(tmp_path, capfd, local_ray):
     """--smoke-test with --time-budget: the budget is only the search's hard stop (Ray's time_budget_s; 20 s,
     about the smallest that shows it: the first trial ends ~6 s into the search on 2 idle cores). A thousand
     1-epoch trials cannot finish in 20 s: Ray stops the search, which publishes the trials that finished, exits 0
@@ -279,3 +280,9 @@ def test_a_search_stopped_by_its_time_budget_publishes_what_finished(tmp_path, c
     assert len(finished) >= 1 and (finished["epochs_run"] == 1).all()
     assert best["trial_id"] in set(finished["trial_id"])  # the best among the finished ones
     assert (out / "best_config.json").read_bytes() == (out / "cut" / "best_config.json").read_bytes()
+
+
+def test_a_search_on_a_callers_ray_refuses_another_address(local_ray, tmp_path, capfd):
+    """A Ray this process runs is used as it is (the tests above); --address elsewhere is refused in one line."""
+    err = one_line_error(["--address", "127.0.0.1:1", "--out", str(tmp_path)], capfd)
+    assert "this process already runs Ray" in err and ray.is_initialized()

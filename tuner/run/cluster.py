@@ -19,11 +19,25 @@ CLIENT_REFUSED = ("--address {address}: Ray Client (ray://) is not supported; ru
                   "cluster (one that ran `ray start`) with --address HEAD_IP:6379")
 
 
+# Whether this process's Ray was started (or joined) by connect(): disconnect() ends only that one. Ray's own
+# connection is process-wide state, so this is too.
+_connected_here = False
+
+
 def connect(address: str | None, dashboard: bool = False) -> None:
     """Start a local Ray or join `address`; ConnectionError (one line) says what is wrong. Joining checks the address in
-    ~20 s: ray.init retries a non-GCS address for minutes (URL, no listener, dashboard, bad token, dead "auto", ...)."""
+    ~20 s: ray.init retries a non-GCS address for minutes (URL, no listener, dashboard, bad token, dead "auto", ...).
+    A Ray this process already runs (a notebook's, a script's) is used as it is and left running; not with --address."""
+    global _connected_here
     import ray
 
+    if ray.is_initialized():
+        if address:
+            raise ConnectionError(f"--address {address}: this process already runs Ray (ray.init was called); drop "
+                                  "--address to search on that Ray, or call ray.shutdown() first")
+        _connected_here = False
+        return
+    _connected_here = True
     if not address:
         # Ray 2.60 turns token auth on for a local Ray; we keep it: its gRPC servers bind every interface whatever
         # we ask (127.0.0.1 maps to the node IP) and the token guards them. No dashboard unless asked, then on loopback.
@@ -153,7 +167,10 @@ def token_available() -> bool:
 
 
 def disconnect() -> None:
+    """End the Ray connect() started or joined; a caller's Ray stays up."""
+    global _connected_here
     import ray
 
-    if ray.is_initialized():
+    if _connected_here and ray.is_initialized():
         ray.shutdown()
+    _connected_here = False
