@@ -14,9 +14,8 @@ from raysession import Barrier, gpu_id_while_all_run
 from tuner import worker
 from tuner.confirm import stats
 from tuner.confirm.recipe import confirm_recipe
-from tuner.fidelity import Throughput
 from tuner.plan import placement, search_plan
-from tuner.settings import SearchSettings
+from tuner.settings import SearchSettings, Throughput
 
 FAKE_GPUS = "90,91"
 

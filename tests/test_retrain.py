@@ -138,7 +138,7 @@ def test_a_deadline_drops_the_last_seeds_whole_when_the_runs_are_slower_than_pre
     from tuner.confirm.report import Candidate
     from tuner.confirm.runs import Deadline, RunStore, run_all
     from tuner.confirm.stage import place_runs
-    from tuner.fidelity import Throughput
+    from tuner.settings import Throughput
     from tuner.space import BATCH_SIZES
 
     cands = [Candidate("best", BEST), Candidate("seed_config", dict(SEED_CONFIG))]

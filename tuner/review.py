@@ -12,9 +12,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from tuner.fidelity import grace_period_for, reduction_factor_for, rungs
 from tuner.publish.results import plot_study
-from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR, status_from_result
+from tuner.space import (
+    BATCH_SIZES,
+    METRIC,
+    PARAMS,
+    SEED_CONFIG,
+    TIME_ATTR,
+    grace_period_for,
+    reduction_factor_for,
+    rungs,
+    status_from_result,
+)
 
 FULL_RECIPE_DIR = "full-recipe"  # the README's `tuner.retrain --train-split train+val --epochs 20 --out` check
 TABLE_COLUMNS = ["trial", *PARAMS, "best_val_acc", "best_epoch", "epochs_run", "stopped_early", "status"]

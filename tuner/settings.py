@@ -1,4 +1,5 @@
-"""Search settings: the cost knobs, their presets, and what a resumed search reuses."""
+"""Search settings: the cost knobs, their presets, and what a resumed search reuses, with the plan's typed
+values saved inside them (Throughput, Prediction, BudgetPlan)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import argparse
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+import statistics
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
 from mnist_net.config import PRECISIONS, TrainConfig, is_int, is_number
 from mnist_net.data import N_TRAIN, N_VAL
-from tuner.fidelity import FIDELITY_FIELDS, BudgetPlan, Fidelity, grace_period_for, reduction_factor_for
+from tuner.space import BATCH_SIZES, FIDELITY_FIELDS, LADDER, Fidelity, grace_period_for, reduction_factor_for
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/plan/budget.py), whatever the CPU's speed.
@@ -32,6 +34,72 @@ FIDELITY_MODES = ("full", "time", "smoke")
 # Names an older search_settings.json used: a --resume of it still loads.
 RENAMED = {"retrain_seeds": "confirm_seeds", "retrain_epochs": "confirm_epochs",
            "retrain_train_size": "confirm_train_size", "budget": "fidelity_mode"}
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One trial's speed while `concurrent` trials run at once (calibrated, or fake in tests)."""
+
+    train: dict[int, float]  # training images/s per batch size
+    eval: float  # eval images/s (batch 1000)
+    load_s: float = 0.0  # a trial process reading MNIST
+
+    def s_per_image(self) -> float:
+        """Mean seconds per training image over the space's batch sizes (a trial draws one)."""
+        return statistics.fmean(1 / self.train[b] for b in BATCH_SIZES)
+
+    def to_dict(self) -> dict:
+        return {"train_images_per_s": {str(b): round(v, 1) for b, v in self.train.items()},
+                "eval_images_per_s": round(self.eval, 1), "load_s": round(self.load_s, 2)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Throughput:
+        train = {int(b): v for b, v in d["train_images_per_s"].items()}
+        return cls(train, d["eval_images_per_s"], d.get("load_s", 0.0))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    search_s: float
+    confirm_s: float
+    total_s: float  # including the time already spent and publishing
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 1) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a time budget planned: the hard stop of the search (seconds from its start), and, unless
+    the smoke preset (never calibrated), the level, the speeds it was chosen from and the prediction.
+    Saved in search_settings.json, so that --resume reuses it instead of recalibrating."""
+
+    search_time_budget_s: float
+    level: int | None = None  # 1 = the seed's full recipe
+    fidelity: Fidelity | None = None
+    fixed_by_flags: tuple[str, ...] = ()
+    predicted: Prediction | None = None
+    throughput: Throughput | None = None
+    calibration_s: float = 0.0
+    tasks: int = 0  # calibration tasks run at once
+    spent_before_search_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        if self.fidelity is None:
+            return {"search_time_budget_s": self.search_time_budget_s}
+        return {"level": self.level, "levels": len(LADDER), "fidelity": asdict(self.fidelity),
+                "fixed_by_flags": list(self.fixed_by_flags), "predicted_s": self.predicted.to_dict(),
+                "throughput": {**self.throughput.to_dict(), "calibration_s": self.calibration_s, "tasks": self.tasks},
+                "spent_before_search_s": self.spent_before_search_s, "search_time_budget_s": self.search_time_budget_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BudgetPlan:
+        if "fidelity" not in d:
+            return cls(d["search_time_budget_s"])
+        thr = d["throughput"]
+        return cls(d["search_time_budget_s"], d["level"], Fidelity(**d["fidelity"]), tuple(d["fixed_by_flags"]),
+                   Prediction(**d["predicted_s"]), Throughput.from_dict(thr), thr["calibration_s"], thr["tasks"],
+                   d["spent_before_search_s"])
 
 
 @dataclass(frozen=True)
@@ -107,7 +175,7 @@ class SearchSettings:
                            eval_size=self.eval_size, seed=self.seed, **self.train_changes())
 
     def fidelity(self) -> Fidelity:
-        """The cost knobs as a budget.Fidelity, None read as the whole split (Fidelity.settings inverts it)."""
+        """The cost knobs as a space.Fidelity, None read as the whole split (Fidelity.settings inverts it)."""
         return Fidelity(self.max_epochs, self.train_size or N_TRAIN, self.eval_size or N_VAL, self.confirm_seeds,
                         self.confirm_epochs or self.max_epochs, self.confirm_train_size or N_TRAIN)
 

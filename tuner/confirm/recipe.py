@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from mnist_net.cli import format_duration, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import N_TRAIN, N_VAL
-from tuner.fidelity import Throughput
 from tuner.plan.budget import MIN_CONFIRM_IMAGES, PUBLISH_S, confirm_time, raise_confirm, shrink_confirm
-from tuner.settings import SearchSettings
+from tuner.settings import SearchSettings, Throughput
 
 SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}  # the images a recipe's split trains on
 # The seed's config at its own recipe, and what the default search's winner gained there: committed in

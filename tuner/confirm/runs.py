@@ -24,9 +24,9 @@ from mnist_net.runtime import autocast, autocast_dtype
 from tuner import worker
 from tuner.confirm.recipe import Recipe
 from tuner.confirm.report import Candidate
-from tuner.fidelity import Throughput
 from tuner.plan import budget, placement
 from tuner.run import progress
+from tuner.settings import Throughput
 from tuner.space import PARAMS
 
 

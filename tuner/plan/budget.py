@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING
 
 from mnist_net.cli import format_duration
 from mnist_net.data import N_TEST, N_TRAIN, N_VAL
-from tuner.fidelity import LADDER, Fidelity, Prediction, Throughput, expected_epochs
-from tuner.space import SEED_CONFIG
+from tuner.settings import Prediction, SearchSettings, Throughput
+from tuner.space import LADDER, SEED_CONFIG, Fidelity, expected_epochs
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from tuner.settings import SearchSettings
 
 # Overheads measured on the 2-core CPU VM (README): per-epoch report and checkpoint, per-trial Ray
 # bookkeeping with reused actors, the Tuner's start, the confirm stage's task start-up and writes, and

@@ -8,8 +8,8 @@ import statistics
 import time
 
 from mnist_net.cli import say
-from tuner.fidelity import Throughput
 from tuner.plan.placement import task_resources
+from tuner.settings import Throughput
 from tuner.space import BATCH_SIZES
 from tuner.worker import node_label, worker_device
 

@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, replace
 
 from mnist_net.cli import format_duration, say
-from tuner.fidelity import LADDER, BudgetPlan, Throughput
 from tuner.plan.budget import PLAN_MARGIN, hard_stop, pick_level, predict
 from tuner.plan.calibrate import calibrate
 from tuner.plan.placement import Placement, alive_nodes, place
-from tuner.settings import SearchSettings, with_default_budget
+from tuner.settings import BudgetPlan, SearchSettings, Throughput, with_default_budget
+from tuner.space import LADDER
 
 LONG_S = 3600  # a search predicted to take longer is told about --time-budget
 
