@@ -23,6 +23,7 @@ DEFAULT_TIME_BUDGET_S = 20 * 60
 SMOKE = {"num_samples": 4, "max_epochs": 2, "train_size": 512, "eval_size": 500,
          "confirm_top": 2, "confirm_seeds": 1, "confirm_epochs": 1, "confirm_train_size": 1024}
 DEFAULT_CONFIRM_TOP = 3
+DEFAULT_GPU_SHARE = 0.25  # MNIST and a 593k-parameter net use a sliver of a modern GPU: 4 trials share one
 # The smoke search's trials 2 and 3, after the seed's config: one that learns within its first
 # 512-image epoch (20-30 % val after it, bf16 or fp32 CPU) and one that cannot (one step a
 # epoch at lr 0.001: chance). ASHA then has a trial below the median on any machine.
@@ -110,7 +111,7 @@ class SearchSettings:
     eval_size: int | None = None  # None = the whole 10k val split
     seed: int = 0
     max_concurrent: int | None = None  # None = as many as the resources fit
-    gpus_per_trial: float | None = None  # None = plan.placement.DEFAULT_GPU_SHARE when GPUs exist
+    gpus_per_trial: float | None = None  # None = DEFAULT_GPU_SHARE when GPUs exist
     cpus_per_trial: int | None = None
     confirm_top: int | None = None  # K configs of the search to confirm; None = DEFAULT_CONFIRM_TOP, at most N
     confirm_seeds: int = 3

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from mnist_net.cli import format_duration, say
 from tuner.plan.budget import PLAN_MARGIN, hard_stop, pick_level, predict
 from tuner.plan.calibrate import calibrate
-from tuner.plan.placement import Placement, alive_nodes, place
+from tuner.plan.placement import Placement, alive_nodes, check_nodes, one_precision, place
 from tuner.settings import BudgetPlan, SearchSettings, Throughput, with_default_budget
 from tuner.space import LADDER
 
@@ -26,12 +26,13 @@ class SearchPlan:
     placement: Placement
 
 
-def plan_search(settings: SearchSettings, fixed: dict, data_dir: str, started: float, *, new: bool,
-                resumed: bool) -> SearchPlan:
-    """On the connected Ray: place the trials; a `new` search (not resumed, not an extension) on a
-    machine with no GPU and no fidelity flag gets the default time budget; a time budget not yet
-    planned is planned; else a fixed fidelity is said as a predicted wall time (not on --resume).
-    `fixed`: the fidelity flags given."""
+def plan_search(settings: SearchSettings, fixed: dict, storage: str, data_dir: str, started: float, *,
+                new: bool, resumed: bool) -> SearchPlan:
+    """On the connected Ray: check every node (ValueError naming those that cannot train) and place the
+    trials; a `new` search (not resumed, not an extension) on a machine with no GPU and no fidelity flag
+    gets the default time budget; a time budget not yet planned is planned; else a fixed fidelity is
+    said as a predicted wall time (not on --resume). `fixed`: the fidelity flags given."""
+    settings = one_precision(settings, check_nodes(storage, data_dir))
     nodes = alive_nodes()
     if new:
         settings = with_default_budget(settings, any(n.get("GPU", 0) > 0 for n in nodes), fixed)
