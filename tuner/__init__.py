@@ -12,10 +12,10 @@ import sys
 # still resumes.
 MOVED = {"budget": ("plan.budget", "space", "settings"), "calibrate": ("plan.search_plan",), "cluster": (
     "run.cluster", "run.storage", "run.runner"), "confirm_runs": ("confirm.runs",), "planning": (
-    "plan.search_plan", "confirm.recipe"), "progress": ("run.progress",), "resources": ("plan.placement", "worker", "settings"),
-    "results": ("publish.results", "space"), "searcher": ("run.study",), "stats": ("confirm.stats",),
-    "study": ("run.study", "space"), "tracking": ("run.tracking",), "trainable": ("run.trainable",),
-    "watch": ("run.runner", "publish.writer", "run.study"),
+    "plan.search_plan", "confirm.recipe"), "progress": ("run.progress",), "resources": (
+    "plan.placement", "worker", "settings"), "results": ("publish.results", "space"), "searcher": ("run.study",),
+    "stats": ("confirm.stats",), "study": ("run.study", "space"), "tracking": ("run.tracking",),
+    "trainable": ("run.trainable",), "watch": ("run.runner", "publish.writer", "run.study"),
     # the folder layout's modules merged since
     "fidelity": ("space", "settings"), "plan.calibrate": ("plan.search_plan",), "plan.nodes": ("plan.placement",),
     "run.searcher": ("run.study",)}
