@@ -329,17 +329,17 @@ def test_the_confirm_recipe_is_raised_from_the_typed_plan_unless_its_flags_were_
 
 def test_calibration_on_several_nodes_names_each_nodes_speed(monkeypatch, capsys):
     """Calibration tasks spread over the nodes (SPREAD); the plan names each node's speed, the budget uses the mean."""
-    from tuner.plan import calibrate
+    from tuner.plan import search_plan
 
     def run(node, speed):
         return {"train": {b: speed for b in BATCH_SIZES}, "eval": 2 * speed, "load_s": 1.0, "pid": 1, "node": node}
 
     found = [run("10.0.0.1 (aaaa1111)", 600.0), run("10.0.0.2 (bbbb2222)", 200.0), run("10.0.0.2 (bbbb2222)", 300.0)]
-    monkeypatch.setattr(calibrate, "calibration_runs", lambda *args: found)
-    thr = calibrate.calibrate("/data", None, 1, 0.0, 3)
+    monkeypatch.setattr(search_plan, "calibration_runs", lambda *args: found)
+    thr = search_plan.calibrate("/data", None, 1, 0.0, 3)
     assert capsys.readouterr().err.strip() == ("calibrated per node, training images/s per trial (mean over batch "
                                                "sizes): 10.0.0.1 (aaaa1111) 600, 10.0.0.2 (bbbb2222) 250")
     assert thr.train[64] == pytest.approx(1100 / 3) and thr.load_s == 1.0
-    monkeypatch.setattr(calibrate, "calibration_runs", lambda *args: found[:1])
-    calibrate.calibrate("/data", None, 1, 0.0, 1)
+    monkeypatch.setattr(search_plan, "calibration_runs", lambda *args: found[:1])
+    search_plan.calibrate("/data", None, 1, 0.0, 1)
     assert capsys.readouterr().err == ""  # one node: nothing to compare

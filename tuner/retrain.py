@@ -41,7 +41,7 @@ from tuner.confirm.stage import (
     search_candidates,
 )
 from tuner.plan.budget import DROP_SLACK
-from tuner.plan.calibrate import calibrate
+from tuner.plan.search_plan import calibrate
 from tuner.run import cluster
 from tuner.settings import DEFAULT_CONFIRM_TOP, SearchSettings
 

@@ -1,6 +1,6 @@
 """Fit a search and its confirm stage into a wall-clock budget (`--time-budget 20m`): the model.
 
-Calibrated speeds (tuner.plan.calibrate) predict each level of LADDER (`predict`); the highest level that
+Calibrated speeds (tuner.plan.search_plan.calibrate) predict each level of LADDER (`predict`); the highest level that
 fits the budget is taken and its slack spent on images per trial (`pick_level`). The model, term by
 term, and the ladder's order: docs/time-budget.md.
 """
