@@ -40,7 +40,7 @@ from tuner.confirm import stage
 from tuner.plan import search_plan
 from tuner.publish import writer
 from tuner.run import cluster, study, tracking
-from tuner.run.runner import run_trials
+from tuner.run.runner import asha_line, run_trials
 from tuner.run.storage import can_restore, newest_experiment, resolve_storage, storage_path
 from tuner.settings import (
     DEFAULT_CONFIRM_TOP,
@@ -51,7 +51,6 @@ from tuner.settings import (
     fidelity_flags,
     from_args,
 )
-from tuner.space import METRIC, MODE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -251,9 +250,7 @@ def start_summary(exp: Experiment, plan: search_plan.SearchPlan) -> None:
         exp.extension.save(summary_dir)  # the link to the parent, for the results and a --resume
         say(f"extending {exp.extension.parent}: TPE warm-started with {len(exp.extension.warm_start()[0])} "
             "of its trials")
-    for line in (search_plan.describe(settings), plan.placement.describe(),
-                 f"ASHA on {METRIC} ({MODE}; ties broken by val_loss) over epochs: max_t {settings.max_epochs}, "
-                 f"grace period {settings.grace_period}, reduction factor {settings.reduction_factor}",
+    for line in (search_plan.describe(settings), plan.placement.describe(), asha_line(settings),
                  f"experiment {exp.name}: Ray storage {exp.storage}, summary {summary_dir}"):
         if line is not None:
             say(line)

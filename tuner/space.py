@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def optuna_distributions() -> dict:
 
     return {name: CategoricalDistribution(list(p.values)) if p.kind == "choice"
             else FloatDistribution(*p.values, log=p.kind == "loguniform") for name, p in SPACE.items()}
+
+
+def name_metric(study) -> None:
+    """Name the study's objective METRIC, so optuna-dashboard (it reads study.metric_names) says val_acc, not
+    "Objective 0"."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # set_metric_names: Optuna >= 3.2
+        study.set_metric_names([METRIC])
 
 
 def trial_status(*, errored: bool, diverged: bool, epochs_run: int, max_epochs: int) -> str:

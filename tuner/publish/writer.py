@@ -54,7 +54,7 @@ def write_search_results(grid, settings: SearchSettings, plan: Placement, storag
     results.write_csv(trials, summary_dir / "trials.csv")
     results.write_csv(epochs, summary_dir / "trial_epochs.csv")
     study_db = summary_dir / study.FILE
-    # The live study (run.searcher) is settled; a search started before it existed gets one built.
+    # The live study (run.study's searcher) is settled; a search started before it existed gets one built.
     optuna_study = (study.settle(study_db, name, trials) if study_db.is_file()
                     else results.build_study(trials, epochs, study_db, name))
     plots = results.write_plots(optuna_study, summary_dir)
