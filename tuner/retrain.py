@@ -29,8 +29,7 @@ from mnist_net.cli import (
 from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 from mnist_net.download import DataUnavailable
-from tuner.confirm.recipe import FULL_RECIPE, Recipe
-from tuner.confirm.runs import Deadline
+from tuner.confirm.recipe import FULL_RECIPE, Deadline, Recipe
 from tuner.confirm.stage import (
     Job,
     config_candidates,

@@ -19,9 +19,9 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import load_splits
 from mnist_net.runtime import provenance
 from tuner.confirm import report as confirm
-from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs, full_recipe_time
+from tuner.confirm.recipe import FULL_RECIPE, Deadline, Recipe, confirm_recipe, from_runs, full_recipe_time
 from tuner.confirm.report import SEED_LABEL, Candidate
-from tuner.confirm.runs import Deadline, RunStore, run_all
+from tuner.confirm.runs import RunStore, run_all
 from tuner.plan import placement
 from tuner.plan.budget import DROP_SLACK, PUBLISH_S, run_time, runs_time, search_speeds
 from tuner.publish import writer
