@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_net import files, plots
-from mnist_net.cli import say
+from mnist_net.cli import format_duration, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import load_splits
 from mnist_net.runtime import provenance
@@ -24,6 +24,7 @@ from tuner.confirm.report import SEED_LABEL, Candidate
 from tuner.confirm.runs import RunStore, run_all
 from tuner.plan import placement
 from tuner.plan.budget import DROP_SLACK, PUBLISH_S, run_time, runs_time, search_speeds
+from tuner.plan.search_plan import calibrate
 from tuner.publish import writer
 from tuner.run import tracking
 from tuner.space import PARAMS, SEED_CONFIG
@@ -93,6 +94,27 @@ def predict_runs(job: Job, thr, concurrent: int) -> float:
     todo = [run_time(r.epochs, r.images(), 1 / thr.train[c.config["batch_size"]], thr)
             for s in range(1, r.seeds + 1) for c in job.cands if not store.path(c.config, s, r, ".json").is_file()]
     return runs_time(todo, thr, concurrent)
+
+
+def fit_to_budget(job: Job, plan: placement.Placement, budget_s: float | None, started: float
+                  ) -> tuple[Job, float, Deadline | None]:
+    """Calibrate here, predict the runs still to train, and fit the seeds to a budget (counted from
+    time.monotonic() == started); ValueError if one seed does not fit."""
+    thr = calibrate(job.data_dir, TrainConfig(**job.changes), plan.cpu_per_trial, plan.gpu_per_trial, plan.concurrent,
+                    tuple(sorted({c.config["batch_size"] for c in job.cands})))
+    left = None if budget_s is None else budget_s - (time.monotonic() - started)
+    for seeds in range(job.recipe.seeds, 0, -1):
+        fitted = replace(job, recipe=replace(job.recipe, seeds=seeds))
+        predicted = predict_runs(fitted, thr, plan.concurrent)
+        if left is None or predicted <= left:
+            break
+    else:
+        raise ValueError(f"--time-budget {format_duration(budget_s)} is too small: one seed of each config at "
+                         f"{job.recipe.describe()} is predicted to take {format_duration(predicted)} here")
+    say(f"predicted {format_duration(predicted)} here for {len(job.cands)} configs x {seeds} seed(s), "
+        f"{fitted.recipe.describe()}" + (f" (fewer seeds than {job.recipe.seeds} to fit --time-budget "
+                                         f"{format_duration(budget_s)})" if seeds < job.recipe.seeds else ""))
+    return fitted, predicted, None if left is None else Deadline(started + budget_s, thr, DROP_SLACK * budget_s)
 
 
 def config_candidates(path: Path) -> tuple[list[Candidate], Path, str]:
