@@ -25,9 +25,8 @@ from tuner.confirm.runs import RunStore, run_all
 from tuner.plan import placement
 from tuner.plan.budget import DROP_SLACK, PUBLISH_S, run_time, runs_time, search_speeds
 from tuner.plan.search_plan import calibrate
-from tuner.publish import writer
 from tuner.run import tracking
-from tuner.space import PARAMS, SEED_CONFIG
+from tuner.space import METRIC, PARAMS, SEED_CONFIG
 
 
 @dataclass(frozen=True)
@@ -151,10 +150,31 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
         if isinstance(err.cause, ValueError):  # e.g. a GPU share on a torch without CUDA
             raise ValueError(str(err.cause)) from None
         raise
-    writer.record_confirmation(out, summary_dir, rep)
+    record_confirmation(out, summary_dir, rep)
     if (mlflow := tracking.parent_of(summary_dir)) is not None:
         tracking.log_final(*mlflow, rep, name="confirm")
     return rep
+
+
+def record_confirmation(out: Path, summary_dir: Path, report: dict) -> dict:
+    """best_config.json names the confirmed winner (its mean val_acc at the confirm recipe); the
+    search's own pick (its proxy score) stays beside it as proxy_best."""
+    best = files.read_json(summary_dir / "best_config.json", "best_config.json")
+    proxy = best.get("proxy_best") or {k: best[k] for k in ("config", METRIC, "epoch", "trial_id")}
+    comparison, rank = report["comparison"], report.get("ranking") or {}
+    winner = next(c for c in report["candidates"] if c["label"] == report["winner"]["label"])
+    best.update({
+        "config": report["winner"]["config"], METRIC: winner["val_acc_mean"], "epoch": report["epochs"],
+        "trial_id": winner["trial_id"], "proxy_best": proxy,
+        "confirmed": {"winner": report["winner"]["label"], "why": report["winner"]["why"],
+                      "verdict": comparison["verdict"], "outcome": comparison["outcome"],
+                      "kendall_tau": rank.get("tau"), "recipe": report["recipe"], "warnings": report["warnings"],
+                      "seed_config_starved": comparison.get("starved"), "full_recipe": report.get("full_recipe"),
+                      "file": "retrain.json"},
+    })
+    files.write_json(summary_dir / "best_config.json", best)
+    files.write_json(out / "best_config.json", best)
+    return best
 
 
 def execute(job: Job, plan: placement.Placement, predicted_s: float | None = None,
