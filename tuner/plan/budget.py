@@ -61,7 +61,7 @@ def hard_stop(budget_s: float, spent_s: float, confirm_s: float) -> float:
 
 def confirm_time(seeds: int, epochs: int, images: int, searched_s_per_image: list[float], thr: Throughput,
                  concurrent: int) -> float:
-    """The confirm stage's wall time: every (config, seed) run, in the order tuner.confirm_runs
+    """The confirm stage's wall time: every (config, seed) run, in the order tuner.confirm.runs
     submits them, over the slots; the seed's config trains at batch 512's speed."""
     per_config = searched_s_per_image + [1 / thr.train[SEED_CONFIG["batch_size"]]]
     return runs_time([run_time(epochs, images, s, thr) for _ in range(seeds) for s in per_config], thr, concurrent)

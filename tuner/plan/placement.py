@@ -82,7 +82,7 @@ def run_checks(names: dict[str, str], marker: str | None, token: str, data_dir: 
 def one_precision(settings: SearchSettings, found: list[NodeInfo]) -> SearchSettings:
     """--precision auto where the trials' nodes train in different precisions (bf16 GPUs beside fp16 V100s, or
     CPU-only nodes beside bf16 ones): every trial and confirm run in fp32, which every device has, so that all
-    rank on equal terms. Trials go to GPU nodes only when there are any (plan.placement)."""
+    rank on equal terms. Trials go to GPU nodes only when there are any (gpu_placement)."""
     gpus = any(n.cuda for n in found)
     kinds = sorted({n.amp for n in found if n.cuda or not gpus})
     if settings.precision != "auto" or len(kinds) < 2:
