@@ -11,13 +11,12 @@ import pytest
 from ray.tune.schedulers.async_hyperband import _Bracket
 
 from mnist_net.cli import parse_duration
-from tuner import fidelity
+from tuner import space
 from tuner.confirm import recipe
-from tuner.fidelity import LADDER, Fidelity, Throughput
 from tuner.plan import budget
 from tuner.plan.budget import CONFIRM_SETUP_S, EPOCH_OVERHEAD_S, PUBLISH_S, SEARCH_SETUP_S, TRIAL_OVERHEAD_S
-from tuner.settings import SearchSettings
-from tuner.space import BATCH_SIZES
+from tuner.settings import BudgetPlan, Prediction, SearchSettings, Throughput
+from tuner.space import BATCH_SIZES, LADDER, Fidelity
 
 # Every batch size at 1,000 training images/s (0.001 s per image), eval at 2,000 images/s.
 FLAT = Throughput(train={b: 1000.0 for b in BATCH_SIZES}, eval=2000.0, load_s=0.0)
@@ -44,7 +43,7 @@ def test_the_ladder_starts_at_the_full_recipe_and_only_ever_gives_fidelity_up():
                                   confirm_epochs=3, confirm_train_size=1000)
     for high, low in pairwise(LADDER):
         assert high != low
-        assert all(getattr(low, k) <= getattr(high, k) for k in fidelity.FIDELITY_FIELDS), (high, low)
+        assert all(getattr(low, k) <= getattr(high, k) for k in space.FIDELITY_FIELDS), (high, low)
         assert budget.predict(low, FLAT, N, SLOTS).total_s < budget.predict(high, FLAT, N, SLOTS).total_s
 
 
@@ -52,7 +51,7 @@ def test_the_order_in_which_fidelity_is_given_up():
     """The field each step lowers, runs of the same field collapsed: the documented order."""
     order = []
     for high, low in pairwise(LADDER):
-        changed = "+".join(k for k in fidelity.FIDELITY_FIELDS if getattr(low, k) != getattr(high, k))
+        changed = "+".join(k for k in space.FIDELITY_FIELDS if getattr(low, k) != getattr(high, k))
         if not order or order[-1] != changed:
             order.append(changed)
     assert order == [
@@ -71,21 +70,21 @@ def test_rungs_are_the_milestones_of_rays_asha_below_max_t(max_epochs):
     s = SearchSettings(max_epochs=max_epochs)
     bracket = _Bracket(min_t=s.grace_period, max_t=max_epochs, reduction_factor=s.reduction_factor, s=0)
     rays = sorted(m for m, _ in bracket._rungs if m < max_epochs)
-    assert fidelity.rungs(max_epochs, s.grace_period, s.reduction_factor) == rays
+    assert space.rungs(max_epochs, s.grace_period, s.reduction_factor) == rays
 
 
 def test_expected_epochs_by_hand():
     # 32 trials: 10 random ones pass a rung with 1/rf, 22 TPE-guided ones with 0.9
     p2 = (10 / 2 + 22 * 0.9) / 32  # 0.775
-    assert fidelity.pass_fraction(32, 2) == pytest.approx(p2)
+    assert space.pass_fraction(32, 2) == pytest.approx(p2)
     # 4 epochs: grace 1, rf 2, rungs at 1 and 2
-    assert fidelity.expected_epochs(4, 32) == pytest.approx(1 + p2 * 1 + p2**2 * 2)
+    assert space.expected_epochs(4, 32) == pytest.approx(1 + p2 * 1 + p2**2 * 2)
     # 20 epochs: grace 2, rf 3, rungs at 2, 6, 18
     p3 = (10 / 3 + 22 * 0.9) / 32
-    assert fidelity.expected_epochs(20, 32) == pytest.approx(2 + p3 * 4 + p3**2 * 12 + p3**3 * 2)
+    assert space.expected_epochs(20, 32) == pytest.approx(2 + p3 * 4 + p3**2 * 12 + p3**3 * 2)
     # 1 epoch: no rung, every trial runs it; 4 samples: all random
-    assert fidelity.expected_epochs(1, 32) == 1
-    assert fidelity.pass_fraction(4, 2) == 0.5
+    assert space.expected_epochs(1, 32) == 1
+    assert space.pass_fraction(4, 2) == 0.5
 
 
 def test_prediction_by_hand():
@@ -137,7 +136,7 @@ def test_slack_goes_to_images_per_trial_by_hand():
     of confirmation, at 0.001 s per image)."""
     level = LADDER.index(Fidelity(4, 5000, 5000, 3, 4, 5000))
     base = budget.predict(LADDER[level], FLAT, N, SLOTS).total_s
-    per_100 = 100 * 0.001 * (N * fidelity.expected_epochs(4, N) / SLOTS + 4 / 4 + 4 * 3 * 4 / SLOTS)
+    per_100 = 100 * 0.001 * (N * space.expected_epochs(4, N) / SLOTS + 4 / 4 + 4 * 3 * 4 / SLOTS)
     assert per_100 == pytest.approx(7.262)
     index, f, p = budget.pick_level(FLAT, base + 10 * per_100 + 1, N, SLOTS)
     # 6,000 images per trial fit, 6,100 do not: the first level that fits is the 5,500 one
@@ -278,17 +277,17 @@ def test_the_searchs_hard_stop_moves_as_the_trials_teach_the_confirm_stages_cost
     assert slow.hard_stop_s < same.hard_stop_s and slow._budget == slow.hard_stop_s
     assert "the search's hard stop moves to" in capsys.readouterr().err
     assert same.hard_stop_s < fed(4000.0, f.eval_size / 8000.0).hard_stop_s <= MOVE[1] * plan.search_time_budget_s
-    smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=fidelity.BudgetPlan(25.0))
+    smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=BudgetPlan(25.0))
     stop = LearningStop(smoke)
     for _ in range(REPLAN_EVERY):
         stop("t1", {"config": {"batch_size": 64}, "images_per_s": 1.0, "eval_seconds": 9.0})
     assert stop.hard_stop_s == 25.0
 
 
-def a_budget_plan(fixed=()) -> fidelity.BudgetPlan:
+def a_budget_plan(fixed=()) -> BudgetPlan:
     f = LADDER[40]
     p = budget.predict(f, FLAT, N, SLOTS, 30.0)
-    return fidelity.BudgetPlan(600.0, 41, f, tuple(fixed), p, FLAT, 12.5, SLOTS, 30.0)
+    return BudgetPlan(600.0, 41, f, tuple(fixed), p, FLAT, 12.5, SLOTS, 30.0)
 
 
 def test_a_budget_plan_survives_search_settings_json_as_the_resume_reads_it(tmp_path):
@@ -298,15 +297,15 @@ def test_a_budget_plan_survives_search_settings_json_as_the_resume_reads_it(tmp_
     s.save(tmp_path / "s.json")
     loaded = SearchSettings.load(tmp_path / "s.json")
     assert loaded.budget_plan == replace(s.budget_plan, throughput=Throughput.from_dict(FLAT.to_dict()),
-                                         predicted=fidelity.Prediction(**s.budget_plan.predicted.to_dict()))
+                                         predicted=Prediction(**s.budget_plan.predicted.to_dict()))
     record = s.to_dict()["budget_plan"]
     assert {"level", "levels", "fidelity", "fixed_by_flags", "predicted_s", "throughput",
             "spent_before_search_s", "search_time_budget_s"} == set(record)
     assert record["throughput"]["train_images_per_s"]["512"] == 1000.0 and record["levels"] == len(LADDER)
     assert loaded.search_time_budget_s == 600.0
-    smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=fidelity.BudgetPlan(25.0))
+    smoke = SearchSettings(fidelity_mode="smoke", time_budget_s=30.0, budget_plan=BudgetPlan(25.0))
     smoke.save(tmp_path / "smoke.json")
-    assert SearchSettings.load(tmp_path / "smoke.json").budget_plan == fidelity.BudgetPlan(25.0)
+    assert SearchSettings.load(tmp_path / "smoke.json").budget_plan == BudgetPlan(25.0)
 
 
 def test_an_older_search_settings_file_with_budget_still_loads(tmp_path):
@@ -330,17 +329,17 @@ def test_the_confirm_recipe_is_raised_from_the_typed_plan_unless_its_flags_were_
 
 def test_calibration_on_several_nodes_names_each_nodes_speed(monkeypatch, capsys):
     """Calibration tasks spread over the nodes (SPREAD); the plan names each node's speed, the budget uses the mean."""
-    from tuner.plan import calibrate
+    from tuner.plan import search_plan
 
     def run(node, speed):
         return {"train": {b: speed for b in BATCH_SIZES}, "eval": 2 * speed, "load_s": 1.0, "pid": 1, "node": node}
 
     found = [run("10.0.0.1 (aaaa1111)", 600.0), run("10.0.0.2 (bbbb2222)", 200.0), run("10.0.0.2 (bbbb2222)", 300.0)]
-    monkeypatch.setattr(calibrate, "calibration_runs", lambda *args: found)
-    thr = calibrate.calibrate("/data", None, 1, 0.0, 3)
+    monkeypatch.setattr(search_plan, "calibration_runs", lambda *args: found)
+    thr = search_plan.calibrate("/data", None, 1, 0.0, 3)
     assert capsys.readouterr().err.strip() == ("calibrated per node, training images/s per trial (mean over batch "
                                                "sizes): 10.0.0.1 (aaaa1111) 600, 10.0.0.2 (bbbb2222) 250")
     assert thr.train[64] == pytest.approx(1100 / 3) and thr.load_s == 1.0
-    monkeypatch.setattr(calibrate, "calibration_runs", lambda *args: found[:1])
-    calibrate.calibrate("/data", None, 1, 0.0, 1)
+    monkeypatch.setattr(search_plan, "calibration_runs", lambda *args: found[:1])
+    search_plan.calibrate("/data", None, 1, 0.0, 1)
     assert capsys.readouterr().err == ""  # one node: nothing to compare

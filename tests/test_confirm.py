@@ -107,11 +107,11 @@ def test_the_seeds_60k_recipe_has_nothing_to_select():
 def test_pace_scales_the_predicted_runs_by_the_measured_ratio(monkeypatch):
     """The runs left, predicted at the calibrated speeds and scaled by how much slower the finished ones ran: the
     running ones count from when they started, the waiting ones queue for the slots."""
-    from tuner.confirm import runs
+    from tuner.confirm import recipe
 
     clock = [100.0]
-    monkeypatch.setattr(runs.time, "monotonic", lambda: clock[0])
-    pace = runs.Pace(2, ["a", "b", "c", "d"])  # a and b start at 100
+    monkeypatch.setattr(recipe.time, "monotonic", lambda: clock[0])
+    pace = recipe.Pace(2, ["a", "b", "c", "d"])  # a and b start at 100
     clock[0] = 130.0  # a ended after 30 s, predicted 20: 1.5x
     pace.ended(1.5)
     # b: predicted 20 -> 30 s, started at 100, so 0 s left; c starts now (30 s); d waits for b's slot (30 s)

@@ -10,7 +10,7 @@ from mnist_net import engine, runtime
 from mnist_net.config import TrainConfig
 from mnist_net.model import Net
 from tuner import worker
-from tuner.plan import calibrate, placement
+from tuner.plan import placement, search_plan
 from tuner.run import trainable
 
 CUDA = torch.device("cuda")
@@ -37,11 +37,11 @@ def slow_first_step_per_shape(monkeypatch):
 
 
 def test_calibration_times_no_first_step_of_a_shape(small, slow_first_step_per_shape, monkeypatch):
-    monkeypatch.setattr(calibrate, "CALIBRATION_IMAGES", 0)  # time 2 steps: well under a second here
+    monkeypatch.setattr(search_plan, "CALIBRATION_IMAGES", 0)  # time 2 steps: well under a second here
     batch_size = 64
-    speed = calibrate.measure_train(TrainConfig(batch_size=batch_size, precision="fp32"),
+    speed = search_plan.measure_train(TrainConfig(batch_size=batch_size, precision="fp32"),
                                     small("train", 512), torch.device("cpu"))
-    timed_images = calibrate.TIMED_STEPS["cpu"] * batch_size
+    timed_images = search_plan.TIMED_STEPS["cpu"] * batch_size
     # the timed slice took less than one first step would: the warm-up absorbed it
     assert timed_images / speed < FIRST_SHAPE_S
 

@@ -14,9 +14,8 @@ from raysession import Barrier, gpu_id_while_all_run
 from tuner import worker
 from tuner.confirm import stats
 from tuner.confirm.recipe import confirm_recipe
-from tuner.fidelity import Throughput
 from tuner.plan import placement, search_plan
-from tuner.settings import SearchSettings
+from tuner.settings import SearchSettings, Throughput
 
 FAKE_GPUS = "90,91"
 
@@ -98,13 +97,14 @@ def test_on_gpus_the_default_confirms_at_the_seeds_epochs_and_a_budget_keeps_the
     budget at the estimated H100 speeds still plans level 1, the full recipe; the verdict then says how close to the
     seed's 20 x 60k that is."""
     monkeypatch.setattr(search_plan, "calibrate", lambda *args: H100_ESTIMATE)
-    plan = search_plan.plan_search(SearchSettings(), {}, "unused", time.monotonic(), new=True, resumed=False)
+    plan = search_plan.plan_search(SearchSettings(), {}, "unused", "unused", time.monotonic(), new=True, resumed=False)
     assert plan.settings.fidelity_mode == "full" and plan.settings.time_budget_s is None
     assert plan.placement.gpu_per_trial > 0
     r, predicted = confirm_recipe(plan.settings)
     assert (r.seeds, r.epochs, r.images(), r.train_split, predicted) == (3, 20, 50_000, "train", None)
     assert stats.scope(r.epochs, r.images()) == "at 20 epochs on 50k images (83 % of the seed's 20 × 60k)"
     timed = SearchSettings(fidelity_mode="time", time_budget_s=1200.0)
-    b = search_plan.plan_search(timed, {}, "unused", time.monotonic(), new=True, resumed=False).settings.budget_plan
+    b = search_plan.plan_search(timed, {}, "unused", "unused", time.monotonic(), new=True,
+                                resumed=False).settings.budget_plan
     assert b.level == 1 and (b.fidelity.confirm_epochs, b.fidelity.confirm_train_size) == (20, 50_000)
     assert b.predicted.total_s <= 1200.0

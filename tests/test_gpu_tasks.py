@@ -13,7 +13,7 @@ from raysession import Barrier, gpu_id_while_all_run
 
 from mnist_net.config import TrainConfig
 from tuner import worker
-from tuner.plan import calibrate, placement
+from tuner.plan import placement, search_plan
 
 FAKE_GPUS = "90,91"
 
@@ -59,8 +59,8 @@ def fake_calibration_task(data_dir, base, threads, batch_sizes=()) -> dict:
 
 
 def test_calibration_tasks_on_gpus_each_get_a_fresh_worker(six_cpus_two_gpus, monkeypatch):
-    monkeypatch.setattr(calibrate, "calibration_task", fake_calibration_task)
-    runs = calibrate.calibration_runs("/nowhere", TrainConfig(), 1, 1.0, 4)  # 4 tasks, 2 GPUs
+    monkeypatch.setattr(search_plan, "calibration_task", fake_calibration_task)
+    runs = search_plan.calibration_runs("/nowhere", TrainConfig(), 1, 1.0, 4)  # 4 tasks, 2 GPUs
     assert len({r["pid"] for r in runs}) == 4
 
 

@@ -5,9 +5,17 @@ import math
 import pytest
 
 from tuner.plan import placement
-from tuner.plan.placement import DEFAULT_GPU_SHARE, place
+from tuner.plan.placement import place
 from tuner.search import build_parser
-from tuner.settings import DEFAULT_TIME_BUDGET_S, SMOKE, SearchSettings, fidelity_flags, from_args, with_default_budget
+from tuner.settings import (
+    DEFAULT_GPU_SHARE,
+    DEFAULT_TIME_BUDGET_S,
+    SMOKE,
+    SearchSettings,
+    fidelity_flags,
+    from_args,
+    with_default_budget,
+)
 
 
 def test_cpu_only_box_runs_one_cpu_trials_and_never_asks_for_a_gpu():
@@ -246,7 +254,7 @@ def test_from_args_rejects_what_settings_reject():
 
 def test_nodes_that_train_in_different_precisions_get_fp32_for_every_trial(capsys):
     """--precision auto on mixed nodes: one precision every trial's device has, said in one line."""
-    from tuner.plan.nodes import one_precision
+    from tuner.plan.placement import one_precision
     from tuner.settings import SearchSettings
     from tuner.worker import NodeInfo
 

@@ -127,11 +127,11 @@ def check_full_recipe(results: Path, capfd) -> None:
 def test_a_deadline_drops_the_last_seeds_whole_when_the_runs_are_slower_than_predicted(tmp_path, local_ray):
     """run_all with a Deadline one second away: when the first run ends, the rest would end past it, so seed 2's
     runs are cancelled (all configs alike) and the report has seed 1 only; seed 1 is never dropped."""
-    from tuner.confirm.recipe import Recipe
+    from tuner.confirm.recipe import Deadline, Recipe
     from tuner.confirm.report import Candidate
-    from tuner.confirm.runs import Deadline, RunStore, run_all
+    from tuner.confirm.runs import RunStore, run_all
     from tuner.confirm.stage import place_runs
-    from tuner.fidelity import Throughput
+    from tuner.settings import Throughput
     from tuner.space import BATCH_SIZES
 
     cands = [Candidate("best", BEST), Candidate("seed_config", dict(SEED_CONFIG))]

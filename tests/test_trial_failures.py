@@ -98,7 +98,7 @@ def searched(tmp_path_factory):
             summary = out / name
             summary.mkdir()
             settings.save(summary / "search_settings.json")  # as tuner.search.start_summary does
-            best = writer.write_search_results(grid, settings, plan, storage, summary, out, name,
+            best = writer.write_search_results(grid, SearchPlan(settings, plan), storage, summary, out, name,
                                                time.time() - start)
             yield SimpleNamespace(grid=grid, best=best, marks=marks, out=out, summary=summary, name=name,
                                   settings=settings, plan=plan, storage=storage,

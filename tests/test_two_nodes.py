@@ -1,4 +1,4 @@
-"""A search on two "machines": the node check (tuner.plan.nodes) refuses, before anything trains, storage that
+"""A search on two "machines": the node check (tuner.plan.placement) refuses, before anything trains, storage that
 the second node cannot see, a second node that cannot get MNIST and one that runs other code; with shared
 storage, trials run on both nodes.
 

@@ -1,19 +1,18 @@
 """The predicted wall time of a search without --time-budget (issue 15 item 11): pure, no Ray."""
 
 from mnist_net.cli import format_duration
-from tuner import fidelity
 from tuner.plan import budget, search_plan
-from tuner.settings import SearchSettings
-from tuner.space import BATCH_SIZES
+from tuner.settings import SearchSettings, Throughput
+from tuner.space import BATCH_SIZES, Fidelity
 
 
-def throughput(images_per_s: float) -> fidelity.Throughput:
-    return fidelity.Throughput(train={b: images_per_s for b in BATCH_SIZES}, eval=10 * images_per_s, load_s=1.0)
+def throughput(images_per_s: float) -> Throughput:
+    return Throughput(train={b: images_per_s for b in BATCH_SIZES}, eval=10 * images_per_s, load_s=1.0)
 
 
 def test_full_fidelity_is_the_settings_own():
     f = SearchSettings().fidelity()
-    assert f == fidelity.Fidelity(20, 50_000, 10_000, 3, 20, 50_000)
+    assert f == Fidelity(20, 50_000, 10_000, 3, 20, 50_000)
     f = SearchSettings(max_epochs=4, train_size=8500, confirm_epochs=2).fidelity()
     assert (f.max_epochs, f.train_size, f.eval_size, f.confirm_epochs) == (4, 8500, 10_000, 2)
 

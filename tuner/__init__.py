@@ -6,15 +6,19 @@ import importlib.abc
 import importlib.util
 import sys
 
-# Ray pickles the searcher, the progress callback and the trainable into an experiment under the module
-# paths they had then: the flat modules before the stage folders. Each old path still imports, as a
-# module that finds a name where it lives now, so an experiment saved then still resumes.
-MOVED = {"budget": ("plan.budget", "fidelity"), "calibrate": ("plan.calibrate",), "cluster": (
+# Ray pickles the searcher, the progress callback, the trainable and the stopper's settings into an experiment
+# under the module paths they had then: the flat modules before the stage folders, and the folder modules since
+# merged. Each old path still imports, as a module that finds a name where it lives now, so such an experiment
+# still resumes.
+MOVED = {"budget": ("plan.budget", "space", "settings"), "calibrate": ("plan.search_plan",), "cluster": (
     "run.cluster", "run.storage", "run.runner"), "confirm_runs": ("confirm.runs",), "planning": (
-    "plan.search_plan", "confirm.recipe"), "progress": ("run.progress",), "resources": ("plan.placement", "worker"),
-    "results": ("publish.results", "space"), "searcher": ("run.searcher",), "stats": ("confirm.stats",),
-    "study": ("run.study", "space"), "tracking": ("run.tracking",), "trainable": ("run.trainable",),
-    "watch": ("run.runner", "publish.writer", "run.study")}
+    "plan.search_plan", "confirm.recipe"), "progress": ("run.progress",), "resources": (
+    "plan.placement", "worker", "settings"), "results": ("publish.results", "space"), "searcher": ("run.study",),
+    "stats": ("confirm.stats",), "study": ("run.study", "space"), "tracking": ("run.tracking",),
+    "trainable": ("run.trainable",), "watch": ("run.runner", "publish.writer", "run.study"),
+    # the folder layout's modules merged since
+    "fidelity": ("space", "settings"), "plan.calibrate": ("plan.search_plan",), "plan.nodes": ("plan.placement",),
+    "run.searcher": ("run.study",)}
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

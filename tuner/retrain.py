@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from mnist_net import files
@@ -20,7 +19,6 @@ from mnist_net.cli import (
     Parser,
     add_compile_mode,
     compile_changes,
-    format_duration,
     non_negative_float,
     parse_duration,
     positive_int,
@@ -30,18 +28,15 @@ from mnist_net.config import TrainConfig
 from mnist_net.data import DEFAULT_DATA_DIR, load_splits
 from mnist_net.download import DataUnavailable
 from tuner.confirm.recipe import FULL_RECIPE, Recipe
-from tuner.confirm.runs import Deadline
 from tuner.confirm.stage import (
     Job,
     config_candidates,
     confirmed_candidates,
     execute,
+    fit_to_budget,
     place_runs,
-    predict_runs,
     search_candidates,
 )
-from tuner.plan.budget import DROP_SLACK
-from tuner.plan.calibrate import calibrate
 from tuner.run import cluster
 from tuner.settings import DEFAULT_CONFIRM_TOP, SearchSettings
 
@@ -141,7 +136,7 @@ def connected(parser: Parser, args, job: Job, started: float) -> dict:
         plan = place_runs(len(job.cands) * job.recipe.seeds, args.gpus_per_run, args.cpus_per_run)
         if not (args.full_recipe or args.time_budget_s):
             return execute(job, plan)
-        job, predicted, deadline = timed(job, plan, args.time_budget_s, started)
+        job, predicted, deadline = fit_to_budget(job, plan, args.time_budget_s, started)
         return execute(job, plan, predicted, deadline)
     except ray.exceptions.RayTaskError as err:  # first: Ray makes it an instance of its cause's class
         if isinstance(err.cause, ValueError):  # e.g. a GPU share but a torch build without CUDA
@@ -152,25 +147,6 @@ def connected(parser: Parser, args, job: Job, started: float) -> dict:
     finally:
         if own:
             cluster.disconnect()
-
-
-def timed(job: Job, plan, budget_s: float | None, started: float) -> tuple[Job, float, Deadline | None]:
-    """Calibrate here, predict the runs still to train, and fit the seeds to a budget; ValueError if 1 does not fit."""
-    thr = calibrate(job.data_dir, TrainConfig(**job.changes), plan.cpu_per_trial, plan.gpu_per_trial, plan.concurrent,
-                    tuple(sorted({c.config["batch_size"] for c in job.cands})))
-    left = None if budget_s is None else budget_s - (time.monotonic() - started)
-    for seeds in range(job.recipe.seeds, 0, -1):
-        fitted = replace(job, recipe=replace(job.recipe, seeds=seeds))
-        predicted = predict_runs(fitted, thr, plan.concurrent)
-        if left is None or predicted <= left:
-            break
-    else:
-        raise ValueError(f"--time-budget {format_duration(budget_s)} is too small: one seed of each config at "
-                         f"{job.recipe.describe()} is predicted to take {format_duration(predicted)} here")
-    say(f"predicted {format_duration(predicted)} here for {len(job.cands)} configs x {seeds} seed(s), "
-        f"{fitted.recipe.describe()}" + (f" (fewer seeds than {job.recipe.seeds} to fit --time-budget "
-                                         f"{format_duration(budget_s)})" if seeds < job.recipe.seeds else ""))
-    return fitted, predicted, None if left is None else Deadline(started + budget_s, thr, DROP_SLACK * budget_s)
 
 
 if __name__ == "__main__":

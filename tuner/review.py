@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from tuner.fidelity import grace_period_for, reduction_factor_for, rungs
+from tuner import space
 from tuner.publish.results import plot_study
 from tuner.space import BATCH_SIZES, METRIC, PARAMS, SEED_CONFIG, TIME_ATTR, status_from_result
 
@@ -62,8 +62,8 @@ def running(results: Path, name: str) -> Review | None:
         return None
     settings = json.loads(settings_file.read_text())
     trials, epochs = trial_files(results / "ray" / name, settings["max_epochs"])
-    search = {**settings, "grace_period": grace_period_for(settings["max_epochs"]),
-              "reduction_factor": reduction_factor_for(settings["max_epochs"]), "trials": len(trials)}
+    search = {**settings, "grace_period": space.grace_period_for(settings["max_epochs"]),
+              "reduction_factor": space.reduction_factor_for(settings["max_epochs"]), "trials": len(trials)}
     best = {"experiment": {"name": name, "summary_dir": name}, "search": search, "running": True,
             "seed_config": dict(SEED_CONFIG), "config": None, METRIC: None}
     ok = trials[trials["status"] != "diverged"].dropna(subset=["best_val_acc"])
@@ -147,7 +147,7 @@ def trial_curves(review: Review) -> Figure:
                         label=f"{label}: lr {row['lr']:.3g}, m {row['momentum']:.2f}, bs {int(row['batch_size'])}")
     for batch, colour in colours.items():
         ax.plot([], [], color=colour, label=f"batch {batch}")
-    for rung in rungs(search["max_epochs"], search["grace_period"], search["reduction_factor"]):
+    for rung in space.rungs(search["max_epochs"], search["grace_period"], search["reduction_factor"]):
         ax.axvline(rung, color="gray", linestyle=":")
     so_far = " so far" if review.best.get("running") else ""
     ax.set(yscale="log", xlabel="epoch", ylabel=f"val error (100 - {METRIC}, %, log)",

@@ -37,13 +37,20 @@ from mnist_net.download import DataUnavailable, ensure_mnist
 from mnist_net.files import prepare_out_dir
 from tuner import extend
 from tuner.confirm import stage
-from tuner.plan import nodes, placement, search_plan
+from tuner.plan import search_plan
 from tuner.publish import writer
 from tuner.run import cluster, study, tracking
-from tuner.run.runner import run_trials
+from tuner.run.runner import asha_line, run_trials
 from tuner.run.storage import can_restore, newest_experiment, resolve_storage, storage_path
-from tuner.settings import DEFAULT_CONFIRM_TOP, DEFAULT_TIME_BUDGET_S, SMOKE, SearchSettings, fidelity_flags, from_args
-from tuner.space import METRIC, MODE
+from tuner.settings import (
+    DEFAULT_CONFIRM_TOP,
+    DEFAULT_GPU_SHARE,
+    DEFAULT_TIME_BUDGET_S,
+    SMOKE,
+    SearchSettings,
+    fidelity_flags,
+    from_args,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -69,7 +76,7 @@ def build_parser() -> Parser:
                        help="existing Ray cluster host:port (default $RAY_ADDRESS; none = start a local Ray)")
     where.add_argument("--max-concurrent", type=positive_int, help="cap on trials at once (default: what fits)")
     where.add_argument("--gpus-per-trial", type=non_negative_float, help="GPU share per trial, at most 1 (a trial "
-                       f"trains on one GPU); 0 forces CPU (default {placement.DEFAULT_GPU_SHARE} when GPUs exist)")
+                       f"trains on one GPU); 0 forces CPU (default {DEFAULT_GPU_SHARE} when GPUs exist)")
     where.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per trial (default: planned)")
     where.add_argument("--precision", choices=PRECISIONS, help="autocast of every trial and confirm run (default "
                        "auto: bf16 where native, fp16 on V100/T4, else fp32; fp32 on nodes that differ)")
@@ -208,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataUnavailable, ConnectionError) as err:
         parser.fail(str(err))
     try:  # 2. plan, once every node reads the storage, has MNIST and runs this code
-        settings = nodes.one_precision(exp.settings, nodes.check_nodes(exp.storage, exp.data_dir))
-        plan = search_plan.plan_search(settings, exp.fixed, exp.data_dir, started,
+        plan = search_plan.plan_search(exp.settings, exp.fixed, exp.storage, exp.data_dir, started,
                                        new=not exp.resumed and exp.extension is None, resumed=exp.resumed)
     except ValueError as err:  # a node check's refusal; budget.BudgetTooSmall, after calibration
         cluster.disconnect()
@@ -244,9 +250,7 @@ def start_summary(exp: Experiment, plan: search_plan.SearchPlan) -> None:
         exp.extension.save(summary_dir)  # the link to the parent, for the results and a --resume
         say(f"extending {exp.extension.parent}: TPE warm-started with {len(exp.extension.warm_start()[0])} "
             "of its trials")
-    for line in (search_plan.describe(settings), plan.placement.describe(),
-                 f"ASHA on {METRIC} ({MODE}; ties broken by val_loss) over epochs: max_t {settings.max_epochs}, "
-                 f"grace period {settings.grace_period}, reduction factor {settings.reduction_factor}",
+    for line in (search_plan.describe(settings), plan.placement.describe(), asha_line(settings),
                  f"experiment {exp.name}: Ray storage {exp.storage}, summary {summary_dir}"):
         if line is not None:
             say(line)

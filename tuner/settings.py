@@ -1,4 +1,5 @@
-"""Search settings: the cost knobs, their presets, and what a resumed search reuses."""
+"""Search settings: the cost knobs, their presets, and what a resumed search reuses, with the plan's typed
+values saved inside them (Throughput, Prediction, BudgetPlan)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import argparse
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+import statistics
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_net import files
 from mnist_net.cli import COMPILE_MODE_CHOICES, compile_changes
 from mnist_net.config import PRECISIONS, TrainConfig, is_int, is_number
 from mnist_net.data import N_TRAIN, N_VAL
-from tuner.fidelity import FIDELITY_FIELDS, BudgetPlan, Fidelity, grace_period_for, reduction_factor_for
+from tuner.space import BATCH_SIZES, FIDELITY_FIELDS, LADDER, Fidelity, grace_period_for, reduction_factor_for
 
 # A machine with no GPU and no budget flag: the whole command (search + confirm stage) is planned to
 # finish in this many seconds (tuner/plan/budget.py), whatever the CPU's speed.
@@ -21,6 +23,7 @@ DEFAULT_TIME_BUDGET_S = 20 * 60
 SMOKE = {"num_samples": 4, "max_epochs": 2, "train_size": 512, "eval_size": 500,
          "confirm_top": 2, "confirm_seeds": 1, "confirm_epochs": 1, "confirm_train_size": 1024}
 DEFAULT_CONFIRM_TOP = 3
+DEFAULT_GPU_SHARE = 0.25  # MNIST and a 593k-parameter net use a sliver of a modern GPU: 4 trials share one
 # The smoke search's trials 2 and 3, after the seed's config: one that learns within its first
 # 512-image epoch (20-30 % val after it, bf16 or fp32 CPU) and one that cannot (one step a
 # epoch at lr 0.001: chance). ASHA then has a trial below the median on any machine.
@@ -35,6 +38,72 @@ RENAMED = {"retrain_seeds": "confirm_seeds", "retrain_epochs": "confirm_epochs",
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """One trial's speed while `concurrent` trials run at once (calibrated, or fake in tests)."""
+
+    train: dict[int, float]  # training images/s per batch size
+    eval: float  # eval images/s (batch 1000)
+    load_s: float = 0.0  # a trial process reading MNIST
+
+    def s_per_image(self) -> float:
+        """Mean seconds per training image over the space's batch sizes (a trial draws one)."""
+        return statistics.fmean(1 / self.train[b] for b in BATCH_SIZES)
+
+    def to_dict(self) -> dict:
+        return {"train_images_per_s": {str(b): round(v, 1) for b, v in self.train.items()},
+                "eval_images_per_s": round(self.eval, 1), "load_s": round(self.load_s, 2)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Throughput:
+        train = {int(b): v for b, v in d["train_images_per_s"].items()}
+        return cls(train, d["eval_images_per_s"], d.get("load_s", 0.0))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    search_s: float
+    confirm_s: float
+    total_s: float  # including the time already spent and publishing
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 1) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a time budget planned: the hard stop of the search (seconds from its start), and, unless
+    the smoke preset (never calibrated), the level, the speeds it was chosen from and the prediction.
+    Saved in search_settings.json, so that --resume reuses it instead of recalibrating."""
+
+    search_time_budget_s: float
+    level: int | None = None  # 1 = the seed's full recipe
+    fidelity: Fidelity | None = None
+    fixed_by_flags: tuple[str, ...] = ()
+    predicted: Prediction | None = None
+    throughput: Throughput | None = None
+    calibration_s: float = 0.0
+    tasks: int = 0  # calibration tasks run at once
+    spent_before_search_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        if self.fidelity is None:
+            return {"search_time_budget_s": self.search_time_budget_s}
+        return {"level": self.level, "levels": len(LADDER), "fidelity": asdict(self.fidelity),
+                "fixed_by_flags": list(self.fixed_by_flags), "predicted_s": self.predicted.to_dict(),
+                "throughput": {**self.throughput.to_dict(), "calibration_s": self.calibration_s, "tasks": self.tasks},
+                "spent_before_search_s": self.spent_before_search_s, "search_time_budget_s": self.search_time_budget_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BudgetPlan:
+        if "fidelity" not in d:
+            return cls(d["search_time_budget_s"])
+        thr = d["throughput"]
+        return cls(d["search_time_budget_s"], d["level"], Fidelity(**d["fidelity"]), tuple(d["fixed_by_flags"]),
+                   Prediction(**d["predicted_s"]), Throughput.from_dict(thr), thr["calibration_s"], thr["tasks"],
+                   d["spent_before_search_s"])
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     num_samples: int = 32
     max_epochs: int = 20  # the seed's epochs
@@ -42,7 +111,7 @@ class SearchSettings:
     eval_size: int | None = None  # None = the whole 10k val split
     seed: int = 0
     max_concurrent: int | None = None  # None = as many as the resources fit
-    gpus_per_trial: float | None = None  # None = plan.placement.DEFAULT_GPU_SHARE when GPUs exist
+    gpus_per_trial: float | None = None  # None = DEFAULT_GPU_SHARE when GPUs exist
     cpus_per_trial: int | None = None
     confirm_top: int | None = None  # K configs of the search to confirm; None = DEFAULT_CONFIRM_TOP, at most N
     confirm_seeds: int = 3
@@ -107,7 +176,7 @@ class SearchSettings:
                            eval_size=self.eval_size, seed=self.seed, **self.train_changes())
 
     def fidelity(self) -> Fidelity:
-        """The cost knobs as a budget.Fidelity, None read as the whole split (Fidelity.settings inverts it)."""
+        """The cost knobs as a space.Fidelity, None read as the whole split (Fidelity.settings inverts it)."""
         return Fidelity(self.max_epochs, self.train_size or N_TRAIN, self.eval_size or N_VAL, self.confirm_seeds,
                         self.confirm_epochs or self.max_epochs, self.confirm_train_size or N_TRAIN)
 

@@ -1,18 +1,27 @@
-"""The confirm stage's recipe: seeds, epochs and images per run, as planned, or fitted (raised or shrunk) to
-the time a --time-budget left, at the speeds the trials measured; where a verdict at that recipe holds
-against the seed's own (`starved`), and the full-recipe check that measures it there (FULL_RECIPE)."""
+"""The confirm stage's recipe and its time: seeds, epochs and images per run, as planned, or fitted (raised or
+shrunk) to the time a --time-budget left, at the speeds the trials measured, then kept to while the runs go
+(Deadline, Pace); where a verdict at that recipe holds against the seed's own (`starved`), and the full-recipe
+check that measures it there (FULL_RECIPE)."""
 
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 
 from mnist_net.cli import format_duration, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import N_TRAIN, N_VAL
-from tuner.fidelity import Throughput
-from tuner.plan.budget import MIN_CONFIRM_IMAGES, PUBLISH_S, confirm_time, raise_confirm, shrink_confirm
-from tuner.settings import SearchSettings
+from tuner.plan.budget import (
+    MIN_CONFIRM_IMAGES,
+    PUBLISH_S,
+    confirm_time,
+    makespan,
+    raise_confirm,
+    run_time,
+    shrink_confirm,
+)
+from tuner.settings import SearchSettings, Throughput
 
 SPLIT_SIZES = {"train": N_TRAIN, "train+val": N_TRAIN + N_VAL}  # the images a recipe's split trains on
 # The seed's config at its own recipe, and what the default search's winner gained there: committed in
@@ -95,3 +104,39 @@ def starved(seed_test_acc: float) -> bool:
     """The seed's config far from converged: further below its own-recipe accuracy than the gap a tuned config
     measured there, so a gap at this recipe measures how starved it is, not what tuning buys at its recipe."""
     return seed_test_acc < SEED_RECIPE_TEST_ACC - SEED_RECIPE_GAP_PP
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the confirm runs must have ended (time.monotonic()), the speeds that predict a run, and the overrun
+    tolerated before a seed is dropped (a seed fewer costs the verdict more than a few seconds cost the budget)."""
+
+    end: float
+    thr: Throughput
+    slack_s: float = 0.0
+
+    def run_s(self, config: dict, recipe: Recipe) -> float:
+        return run_time(recipe.epochs, recipe.images(), 1 / self.thr.train[config["batch_size"]], self.thr)
+
+
+class Pace:
+    """How long the runs still pending will take: each predicted run scaled by the ratio measured so far; the first
+    `slots` pending are running (since the run before them ended), the rest wait for a slot."""
+
+    def __init__(self, slots: int, submitted: list) -> None:
+        self.slots, self.ratios = max(slots, 1), []
+        self.since = dict.fromkeys(submitted[:self.slots], time.monotonic())  # when each running run started
+
+    def ended(self, ratio: float) -> None:
+        self.ratios.append(ratio)
+
+    def ratio(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else 1.0
+
+    def left_s(self, predicted: list[float], pending: list) -> float:
+        now, r = time.monotonic(), self.ratio()
+        running = pending[:self.slots]
+        for ref in running:
+            self.since.setdefault(ref, now)  # it took the slot of the run that just ended
+        ends = [max(self.since[ref] + r * p - now, 0.0) for ref, p in zip(running, predicted, strict=False)]
+        return makespan([r * p for p in predicted[len(running):]], len(ends), ends) if ends else 0.0

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +20,9 @@ from mnist_net.data import eval_split_name
 from mnist_net.engine import build_training, fit, predict
 from mnist_net.runtime import autocast, autocast_dtype
 from tuner import worker
-from tuner.confirm.recipe import Recipe
+from tuner.confirm.recipe import Deadline, Pace, Recipe
 from tuner.confirm.report import Candidate
-from tuner.fidelity import Throughput
-from tuner.plan import budget, placement
+from tuner.plan import placement
 from tuner.run import progress
 from tuner.space import PARAMS
 
@@ -85,19 +82,6 @@ class RunStore:
         files.write_json(self.path(*key, ".json"), run)  # last: its presence means the run is whole
 
 
-@dataclass(frozen=True)
-class Deadline:
-    """When the confirm runs must have ended (time.monotonic()), the speeds that predict a run, and the overrun
-    tolerated before a seed is dropped (a seed fewer costs the verdict more than a few seconds cost the budget)."""
-
-    end: float
-    thr: Throughput
-    slack_s: float = 0.0
-
-    def run_s(self, config: dict, recipe: Recipe) -> float:
-        return budget.run_time(recipe.epochs, recipe.images(), 1 / self.thr.train[config["batch_size"]], self.thr)
-
-
 def run_all(cands: list[Candidate], recipe: Recipe, data_dir: str, plan: placement.Placement, store: RunStore,
             changes: dict | None = None, predicted_s: float | None = None,
             deadline: Deadline | None = None) -> dict[str, list[dict]]:
@@ -152,26 +136,3 @@ def fit_deadline(deadline: Deadline, pace: Pace, refs: dict, pending: list, reci
             "within the time budget")
         seeds -= 1
     return pending, seeds
-
-
-class Pace:
-    """How long the runs still pending will take: each predicted run scaled by the ratio measured so far; the first
-    `slots` pending are running (since the run before them ended), the rest wait for a slot."""
-
-    def __init__(self, slots: int, submitted: list) -> None:
-        self.slots, self.ratios = max(slots, 1), []
-        self.since = dict.fromkeys(submitted[:self.slots], time.monotonic())  # when each running run started
-
-    def ended(self, ratio: float) -> None:
-        self.ratios.append(ratio)
-
-    def ratio(self) -> float:
-        return statistics.median(self.ratios) if self.ratios else 1.0
-
-    def left_s(self, predicted: list[float], pending: list) -> float:
-        now, r = time.monotonic(), self.ratio()
-        running = pending[:self.slots]
-        for ref in running:
-            self.since.setdefault(ref, now)  # it took the slot of the run that just ended
-        ends = [max(self.since[ref] + r * p - now, 0.0) for ref, p in zip(running, predicted, strict=False)]
-        return budget.makespan([r * p for p in predicted[len(running):]], len(ends), ends) if ends else 0.0

@@ -14,19 +14,19 @@ import numpy as np
 import pandas as pd
 
 from mnist_net import files, plots
-from mnist_net.cli import say
+from mnist_net.cli import format_duration, say
 from mnist_net.config import TrainConfig
 from mnist_net.data import load_splits
 from mnist_net.runtime import provenance
 from tuner.confirm import report as confirm
-from tuner.confirm.recipe import FULL_RECIPE, Recipe, confirm_recipe, from_runs, full_recipe_time
+from tuner.confirm.recipe import FULL_RECIPE, Deadline, Recipe, confirm_recipe, from_runs, full_recipe_time
 from tuner.confirm.report import SEED_LABEL, Candidate
-from tuner.confirm.runs import Deadline, RunStore, run_all
+from tuner.confirm.runs import RunStore, run_all
 from tuner.plan import placement
 from tuner.plan.budget import DROP_SLACK, PUBLISH_S, run_time, runs_time, search_speeds
-from tuner.publish import writer
+from tuner.plan.search_plan import calibrate
 from tuner.run import tracking
-from tuner.space import PARAMS, SEED_CONFIG
+from tuner.space import METRIC, PARAMS, SEED_CONFIG
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,27 @@ def predict_runs(job: Job, thr, concurrent: int) -> float:
     return runs_time(todo, thr, concurrent)
 
 
+def fit_to_budget(job: Job, plan: placement.Placement, budget_s: float | None, started: float
+                  ) -> tuple[Job, float, Deadline | None]:
+    """Calibrate here, predict the runs still to train, and fit the seeds to a budget (counted from
+    time.monotonic() == started); ValueError if one seed does not fit."""
+    thr = calibrate(job.data_dir, TrainConfig(**job.changes), plan.cpu_per_trial, plan.gpu_per_trial, plan.concurrent,
+                    tuple(sorted({c.config["batch_size"] for c in job.cands})))
+    left = None if budget_s is None else budget_s - (time.monotonic() - started)
+    for seeds in range(job.recipe.seeds, 0, -1):
+        fitted = replace(job, recipe=replace(job.recipe, seeds=seeds))
+        predicted = predict_runs(fitted, thr, plan.concurrent)
+        if left is None or predicted <= left:
+            break
+    else:
+        raise ValueError(f"--time-budget {format_duration(budget_s)} is too small: one seed of each config at "
+                         f"{job.recipe.describe()} is predicted to take {format_duration(predicted)} here")
+    say(f"predicted {format_duration(predicted)} here for {len(job.cands)} configs x {seeds} seed(s), "
+        f"{fitted.recipe.describe()}" + (f" (fewer seeds than {job.recipe.seeds} to fit --time-budget "
+                                         f"{format_duration(budget_s)})" if seeds < job.recipe.seeds else ""))
+    return fitted, predicted, None if left is None else Deadline(started + budget_s, thr, DROP_SLACK * budget_s)
+
+
 def config_candidates(path: Path) -> tuple[list[Candidate], Path, str]:
     """A best_config.json's one config and its seed config; (them, its search's summary folder, the file)."""
     best = read_best(path)
@@ -129,10 +150,31 @@ def confirm_search(settings, summary_dir: Path, out: Path, data_dir: str, left_s
         if isinstance(err.cause, ValueError):  # e.g. a GPU share on a torch without CUDA
             raise ValueError(str(err.cause)) from None
         raise
-    writer.record_confirmation(out, summary_dir, rep)
+    record_confirmation(out, summary_dir, rep)
     if (mlflow := tracking.parent_of(summary_dir)) is not None:
         tracking.log_final(*mlflow, rep, name="confirm")
     return rep
+
+
+def record_confirmation(out: Path, summary_dir: Path, report: dict) -> dict:
+    """best_config.json names the confirmed winner (its mean val_acc at the confirm recipe); the
+    search's own pick (its proxy score) stays beside it as proxy_best."""
+    best = files.read_json(summary_dir / "best_config.json", "best_config.json")
+    proxy = best.get("proxy_best") or {k: best[k] for k in ("config", METRIC, "epoch", "trial_id")}
+    comparison, rank = report["comparison"], report.get("ranking") or {}
+    winner = next(c for c in report["candidates"] if c["label"] == report["winner"]["label"])
+    best.update({
+        "config": report["winner"]["config"], METRIC: winner["val_acc_mean"], "epoch": report["epochs"],
+        "trial_id": winner["trial_id"], "proxy_best": proxy,
+        "confirmed": {"winner": report["winner"]["label"], "why": report["winner"]["why"],
+                      "verdict": comparison["verdict"], "outcome": comparison["outcome"],
+                      "kendall_tau": rank.get("tau"), "recipe": report["recipe"], "warnings": report["warnings"],
+                      "seed_config_starved": comparison.get("starved"), "full_recipe": report.get("full_recipe"),
+                      "file": "retrain.json"},
+    })
+    files.write_json(summary_dir / "best_config.json", best)
+    files.write_json(out / "best_config.json", best)
+    return best
 
 
 def execute(job: Job, plan: placement.Placement, predicted_s: float | None = None,

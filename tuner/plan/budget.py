@@ -1,6 +1,6 @@
 """Fit a search and its confirm stage into a wall-clock budget (`--time-budget 20m`): the model.
 
-Calibrated speeds (tuner.plan.calibrate) predict each level of LADDER (`predict`); the highest level that
+Calibrated speeds (tuner.plan.search_plan.calibrate) predict each level of LADDER (`predict`); the highest level that
 fits the budget is taken and its slack spent on images per trial (`pick_level`). The model, term by
 term, and the ladder's order: docs/time-budget.md.
 """
@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING
 
 from mnist_net.cli import format_duration
 from mnist_net.data import N_TEST, N_TRAIN, N_VAL
-from tuner.fidelity import LADDER, Fidelity, Prediction, Throughput, expected_epochs
-from tuner.space import SEED_CONFIG
+from tuner.settings import Prediction, SearchSettings, Throughput
+from tuner.space import LADDER, SEED_CONFIG, Fidelity, expected_epochs
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from tuner.settings import SearchSettings
 
 # Overheads measured on the 2-core CPU VM (README): per-epoch report and checkpoint, per-trial Ray
 # bookkeeping with reused actors, the Tuner's start, the confirm stage's task start-up and writes, and
@@ -63,7 +61,7 @@ def hard_stop(budget_s: float, spent_s: float, confirm_s: float) -> float:
 
 def confirm_time(seeds: int, epochs: int, images: int, searched_s_per_image: list[float], thr: Throughput,
                  concurrent: int) -> float:
-    """The confirm stage's wall time: every (config, seed) run, in the order tuner.confirm_runs
+    """The confirm stage's wall time: every (config, seed) run, in the order tuner.confirm.runs
     submits them, over the slots; the seed's config trains at batch 512's speed."""
     per_config = searched_s_per_image + [1 / thr.train[SEED_CONFIG["batch_size"]]]
     return runs_time([run_time(epochs, images, s, thr) for _ in range(seeds) for s in per_config], thr, concurrent)

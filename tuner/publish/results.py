@@ -12,8 +12,7 @@ import pandas as pd
 
 from mnist_net import files
 from tuner import space
-from tuner.run.study import name_metric
-from tuner.space import EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, WHERE, study_value
+from tuner.space import EPOCH_METRICS, METRIC, MODE, PARAMS, TIME_ATTR, WHERE, name_metric, study_value
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")  # optuna's plot_<name>
 

@@ -11,23 +11,21 @@ from mnist_net import files
 from mnist_net.cli import format_duration, say
 from mnist_net.runtime import provenance
 from tuner import extend
-from tuner.plan.placement import Placement
+from tuner.plan.search_plan import SearchPlan
 from tuner.publish import results
 from tuner.run import study
-from tuner.settings import SearchSettings
 from tuner.space import METRIC, MODE, PARAMS, SEED_CONFIG, cut_short, ray_trial_id, space_record
 
 
-def publish(exp, plan, done) -> dict | None:
+def publish(exp, plan: SearchPlan, done) -> dict | None:
     """Stage 4 of the experiment `exp` (tuner.search.Experiment) after its run `done` (a run.runner.SearchRun):
     the search's files and best_config.json, spent checkpoints removed; None after a one-line error."""
     if done.stopped_by_budget:
         say(f"search stopped by its time budget ({format_duration(plan.settings.search_time_budget_s)}): "
             "publishing the trials that finished; those still running are marked budget_stopped in trials.csv")
     try:
-        best = write_search_results(done.grid, plan.settings, plan.placement, exp.storage, exp.summary_dir,
-                                    exp.out, exp.name, done.seconds, exp.extension,
-                                    stopped_by_budget=done.stopped_by_budget)
+        best = write_search_results(done.grid, plan, exp.storage, exp.summary_dir, exp.out, exp.name, done.seconds,
+                                    exp.extension, stopped_by_budget=done.stopped_by_budget)
     except OSError as err:  # disk full, folder gone read-only: earlier files stay as they were
         say(f"error: cannot write the search's results to {exp.summary_dir}: {err.strerror or err}. "
             f"Ray's experiment in {exp.storage}/{exp.name} is complete; free space and rerun: {exp.resume_command}")
@@ -43,18 +41,18 @@ def publish(exp, plan, done) -> dict | None:
     return best
 
 
-def write_search_results(grid, settings: SearchSettings, plan: Placement, storage: str, summary_dir: Path,
-                         out: Path, name: str, wall_s: float, ext: extend.Extension | None = None,
-                         stopped_by_budget: bool = False) -> dict:
+def write_search_results(grid, plan: SearchPlan, storage: str, summary_dir: Path, out: Path, name: str,
+                         wall_s: float, ext: extend.Extension | None = None, stopped_by_budget: bool = False) -> dict:
     """stopped_by_budget: Ray's time_budget_s ended the search; the trials it cut short are marked
     BUDGET_STOPPED and the best is chosen among the others."""
+    settings = plan.settings
     trials, epochs = results.tables(grid, settings.max_epochs)
     if stopped_by_budget:
         trials = mark_budget_stopped(trials, grid)
     results.write_csv(trials, summary_dir / "trials.csv")
     results.write_csv(epochs, summary_dir / "trial_epochs.csv")
     study_db = summary_dir / study.FILE
-    # The live study (run.searcher) is settled; a search started before it existed gets one built.
+    # The live study (run.study's searcher) is settled; a search started before it existed gets one built.
     optuna_study = (study.settle(study_db, name, trials) if study_db.is_file()
                     else results.build_study(trials, epochs, study_db, name))
     plots = results.write_plots(optuna_study, summary_dir)
@@ -70,7 +68,7 @@ def write_search_results(grid, settings: SearchSettings, plan: Placement, storag
                        # relative to the results folder, so a committed results/ stays valid
                        "summary_dir": os.path.relpath(summary_dir, out)},
         "search": {**settings.to_dict(), "grace_period": settings.grace_period,
-                   "reduction_factor": settings.reduction_factor, "plan": plan.describe(),
+                   "reduction_factor": settings.reduction_factor, "plan": plan.placement.describe(),
                    "trials": len(trials), "status_counts": trials["status"].value_counts().to_dict(),
                    "wall_time_s": round(wall_s, 1), "stopped_by_budget": stopped_by_budget},
         "seed": settings.seed, "files": ["trials.csv", "trial_epochs.csv", "study.db", *plots],
@@ -95,27 +93,6 @@ def mark_budget_stopped(trials, grid):
     trials.loc[hit, "status"] = BUDGET_STOPPED
     trials.loc[hit, "stopped_early"] = False
     return trials
-
-
-def record_confirmation(out: Path, summary_dir: Path, report: dict) -> dict:
-    """best_config.json names the confirmed winner (its mean val_acc at the confirm recipe); the
-    search's own pick (its proxy score) stays beside it as proxy_best."""
-    best = files.read_json(summary_dir / "best_config.json", "best_config.json")
-    proxy = best.get("proxy_best") or {k: best[k] for k in ("config", METRIC, "epoch", "trial_id")}
-    comparison, rank = report["comparison"], report.get("ranking") or {}
-    winner = next(c for c in report["candidates"] if c["label"] == report["winner"]["label"])
-    best.update({
-        "config": report["winner"]["config"], METRIC: winner["val_acc_mean"], "epoch": report["epochs"],
-        "trial_id": winner["trial_id"], "proxy_best": proxy,
-        "confirmed": {"winner": report["winner"]["label"], "why": report["winner"]["why"],
-                      "verdict": comparison["verdict"], "outcome": comparison["outcome"],
-                      "kendall_tau": rank.get("tau"), "recipe": report["recipe"], "warnings": report["warnings"],
-                      "seed_config_starved": comparison.get("starved"), "full_recipe": report.get("full_recipe"),
-                      "file": "retrain.json"},
-    })
-    files.write_json(summary_dir / "best_config.json", best)
-    files.write_json(out / "best_config.json", best)
-    return best
 
 
 # Each trial keeps its two newest checkpoints while the search runs (CheckpointConfig num_to_keep=2),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ray.tune import Callback
 from tqdm.auto import tqdm
 
-from tuner.space import METRIC, TIME_ATTR, status_from_result
+from tuner.space import METRIC, TIME_ATTR, expected_epochs, status_from_result
 
 REFRESH_S = 1.0  # Ray's controller loop steps many times a second; the line needs far fewer
 HEARTBEAT_S = 60.0  # off a terminal every line stays in the log: between trial ends, one a minute shows it is alive
@@ -189,8 +189,6 @@ class SearchProgress(Callback):
 
 def for_search(settings, resumed: bool) -> SearchProgress:
     """The search's line; a resume has no prediction for what is left, so it shows the observed rate."""
-    from tuner.fidelity import expected_epochs
-
     plan = settings.budget_plan
     predicted = plan.predicted.search_s if plan is not None and plan.predicted is not None else None
     expected = expected_epochs(settings.max_epochs, settings.num_samples) * settings.num_samples

@@ -145,6 +145,12 @@ def build_tuner(trainable, settings: SearchSettings, placement, storage: str, na
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
+def asha_line(settings: SearchSettings) -> str:
+    """The scheduler build_tuner sets up, in one line."""
+    return (f"ASHA on {METRIC} ({MODE}; ties broken by val_loss) over epochs: max_t {settings.max_epochs}, "
+            f"grace period {settings.grace_period}, reduction factor {settings.reduction_factor}")
+
+
 def searcher(settings: SearchSettings, name: str, warm, summary_dir):
     """Optuna's TPE, seeded. A new search runs the seed's config first (the smoke preset adds a sure
     learner and a sure non-learner, so ASHA has a trial to stop on any CPU); an extension tells TPE
@@ -152,15 +158,12 @@ def searcher(settings: SearchSettings, name: str, warm, summary_dir):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.run.searcher import live_searcher
-    from tuner.run.study import FILE
-
     points, rewards = warm or ([dict(SEED_CONFIG)] + (SMOKE_POINTS if settings.fidelity_mode == "smoke" else []), None)
     kw = dict(points_to_evaluate=points, evaluated_rewards=rewards,
               sampler=optuna.samplers.TPESampler(seed=settings.seed))
     if summary_dir is None:
         return OptunaSearch(metric=METRIC, mode=MODE, **kw)
-    return live_searcher(summary_dir / FILE, name, settings.max_epochs, **kw)
+    return study.live_searcher(summary_dir / study.FILE, name, settings.max_epochs, **kw)
 
 
 def unfinished(grid, num_samples: int) -> bool:
