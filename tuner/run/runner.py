@@ -37,7 +37,7 @@ def start_watching(exp, settings, placement) -> Watch:
     exp.verbose (Ray's tables then), and Ray's MLflow logger under a parent run with exp.mlflow."""
     import optuna
 
-    from tuner.run import progress  # imports Ray Tune: not at tuner.search's import
+    from tuner.run import progress
 
     w = Watch(exp.summary_dir, exp.mlflow)
     if not exp.verbose:  # Optuna logs a line per trial (and "Using an existing study" on a resume); Ray's
