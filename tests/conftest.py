@@ -58,8 +58,15 @@ def local_ray():
 
 
 def pytest_runtest_setup(item):
-    """A test that does not ask for local_ray runs with no shared Ray up (ended before any of its fixtures): it
-    may start a Ray of its own, or check that a command refuses before Ray starts, which a Ray up would hide."""
+    """A test that does not ask for local_ray runs with no shared Ray up: it may start a Ray of its own, or check
+    that a command refuses before Ray starts, which a Ray up would hide. Ended before its fixtures..."""
+    if "local_ray" not in item.fixturenames:
+        raysession.end_shared_ray()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    """...and again before its body: the session's smoke search (`searched`) may have started it meanwhile."""
     if "local_ray" not in item.fixturenames:
         raysession.end_shared_ray()
 
@@ -71,7 +78,8 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory):
     """One real smoke search, run once for the modules that only read a finished search (test_search,
-    test_watch, test_notebook, test_extend): tests/helpers_search.shared_search."""
+    test_watch, test_notebook, test_extend): tests/helpers_search.shared_search, on the shared local Ray."""
     from helpers_search import shared_search
 
+    raysession.shared_ray()
     return shared_search(tmp_path_factory.mktemp("searched") / "results")

@@ -121,17 +121,14 @@ def test_a_parent_without_a_recorded_space_is_accepted_when_its_trials_fit(tmp_p
 
 
 @pytest.mark.slow
-def test_extend_a_smoke_search(searched, tmp_path):
+def test_extend_a_smoke_search(searched, tmp_path, local_ray):
     """The session's smoke search as the parent (its summary folder, all --extend reads), then 2 more
     trials warm-started from it: Optuna's study in the extension starts with the parent's trials and
     their rewards; best_config.json is the best of the parent's and the extension's trials."""
     out = tmp_path / "results"
     shutil.copytree(searched.folder, out / "p", ignore=shutil.ignore_patterns("runs", "*.pt", "*.npz"))
     base = ["--out", str(out), "--no-retrain", "--max-concurrent", "1"]
-    try:
-        assert search.main(["--extend", "p", "--num-samples", "2", "--name", "x", *base]) == 0
-    finally:
-        ray.shutdown()
+    assert search.main(["--extend", "p", "--num-samples", "2", "--name", "x", *base]) == 0
     parent, child = (pd.read_csv(out / n / "trials.csv") for n in ("p", "x"))
     n = len(parent)
     assert n == len(searched.trials) and len(child) == 2

@@ -5,7 +5,6 @@ import dataclasses
 import warnings
 
 import pytest
-import ray
 import torch
 from ray import tune
 
@@ -107,17 +106,32 @@ def test_auto_checkpoints_the_first_epoch_then_keeps_saves_under_five_percent():
     assert saves * 0.0625 <= training / AUTO_CHECKPOINT_RATIO
 
 
+def test_every_reported_metric_is_a_field_of_the_epoch_record():
+    """train_s5's report reads each REPORTED name off fit's EpochRecord."""
+    assert set(REPORTED) <= {f.name for f in dataclasses.fields(EpochRecord)}
+
+
+# --- saved weights ----------------------------------------------------------------------------
+
+def test_saved_weights_are_cpu_tensors(small, tmp_path):
+    """mnist_net.train's s5_model.pt (the retrain's best_model.pt: tests/test_retrain.py)."""
+    training = build_training(CFG.replace(epochs=1), CPU)
+    history = fit(CFG.replace(epochs=1), small("train", 128, 3), small("val", 100, 3), device=CPU,
+                  training=training)
+    result = train_cli.RunResult(CFG, training, history, EvalStats(0.1, 97.0), 1.0)
+    train_cli.write_outputs(tmp_path, result, CPU)
+    # no map_location: what a CPU-only machine does with the README's one-liner
+    state = torch.load(tmp_path / "s5_model.pt", weights_only=True, map_location=None)
+    assert state.keys() == training.model.state_dict().keys()
+    assert {v.device.type for v in state.values()} == {"cpu"}
+
+
 @pytest.mark.slow
-def test_a_trial_checkpoints_the_epochs_its_setting_asks_for(tmp_path):
-    """A real 3-epoch trial in Tune: checkpoint_every=2 keeps epochs 2 and 3; auto has epoch 1."""
+def test_a_trial_checkpoints_the_epochs_its_setting_asks_for(tmp_path, local_ray):
+    """A real 3-epoch trial in Tune: checkpoint_every=2 keeps epochs 2 and 3; auto has epoch 1. Last in the
+    module: the local Ray goes on to tests/test_trial_failures.py."""
     base = CFG.replace(epochs=3, train_size=128, eval_size=100)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
-        try:
-            epochs = {every: checkpointed_epochs(base, every, tmp_path) for every in (2, None)}
-        finally:
-            ray.shutdown()
+    epochs = {every: checkpointed_epochs(base, every, tmp_path) for every in (2, None)}
     assert epochs[2] == [2, 3]
     assert epochs[None][0] == 1 and epochs[None][-1] == 3
 
@@ -142,22 +156,3 @@ def checkpointed_epochs(base: TrainConfig, every: int | None, storage) -> list[i
 
 
 # --- what a trial reports --------------------------------------------------------------------
-
-def test_every_reported_metric_is_a_field_of_the_epoch_record():
-    """train_s5's report reads each REPORTED name off fit's EpochRecord."""
-    assert set(REPORTED) <= {f.name for f in dataclasses.fields(EpochRecord)}
-
-
-# --- saved weights ----------------------------------------------------------------------------
-
-def test_saved_weights_are_cpu_tensors(small, tmp_path):
-    """mnist_net.train's s5_model.pt (the retrain's best_model.pt: tests/test_retrain.py)."""
-    training = build_training(CFG.replace(epochs=1), CPU)
-    history = fit(CFG.replace(epochs=1), small("train", 128, 3), small("val", 100, 3), device=CPU,
-                  training=training)
-    result = train_cli.RunResult(CFG, training, history, EvalStats(0.1, 97.0), 1.0)
-    train_cli.write_outputs(tmp_path, result, CPU)
-    # no map_location: what a CPU-only machine does with the README's one-liner
-    state = torch.load(tmp_path / "s5_model.pt", weights_only=True, map_location=None)
-    assert state.keys() == training.model.state_dict().keys()
-    assert {v.device.type for v in state.values()} == {"cpu"}

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
-import ray
+import raysession
 from ray import cloudpickle, tune
 
 from mnist_net import files
@@ -73,8 +73,8 @@ def faulty_train_s5(config: dict, marks: str, **kwargs) -> None:
 
 @pytest.fixture(scope="class")
 def searched(tmp_path_factory):
-    """One real search of 4 trials (2 epochs, 1024 train / 200 val images, 2 at a time) on the local
-    Ray that the search itself starts (cluster.connect), published as tuner.search does."""
+    """One real search of 4 trials (2 epochs, 1024 train / 200 val images, 2 at a time) on the tests' local Ray
+    (started as tuner.search starts one), published as tuner.search does."""
     tmp = tmp_path_factory.mktemp("faults")
     marks, out = tmp / "marks", tmp / "results"
     (marks / "attempts").mkdir(parents=True)
@@ -86,7 +86,8 @@ def searched(tmp_path_factory):
         mp.delenv("RAY_ADDRESS", raising=False)
         mp.delenv("RAY_AUTH_MODE", raising=False)  # Ray's own default: token auth on
         try:
-            cluster.connect(None, dashboard=False)
+            raysession.shared_ray()  # the class asks for local_ray: the Ray the tests before it used
+            cluster.connect(None, dashboard=False)  # a caller's Ray: used as it is and left running
             plan = placement.place(placement.alive_nodes(), max_concurrent=settings.max_concurrent)
             base = TrainConfig(epochs=settings.max_epochs, train_split="train", train_size=settings.train_size,
                                eval_size=settings.eval_size, seed=settings.seed)
@@ -105,10 +106,11 @@ def searched(tmp_path_factory):
                                   trials=pd.read_csv(summary / "trials.csv"),
                                   epochs=pd.read_csv(summary / "trial_epochs.csv"))
         finally:
-            ray.shutdown()
+            cluster.disconnect()
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 class TestTrialFaults:
     """Each trial of the `searched` search was given one fault (see faulty_train_s5)."""
 
