@@ -126,13 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def connected(parser: Parser, args, job: Job, started: float) -> dict:
-    """The stage on Ray: reuse the caller's connection, else connect and disconnect."""
+    """The stage on Ray: the caller's Ray if this process runs one (left running), else its own (ended)."""
     import ray
 
-    own = not ray.is_initialized()
     try:
-        if own:
-            cluster.connect(args.address)
+        cluster.connect(args.address)
         plan = place_runs(len(job.cands) * job.recipe.seeds, args.gpus_per_run, args.cpus_per_run)
         if not (args.full_recipe or args.time_budget_s):
             return execute(job, plan)
@@ -145,8 +143,7 @@ def connected(parser: Parser, args, job: Job, started: float) -> dict:
     except (ValueError, ConnectionError) as err:
         parser.fail(str(err))
     finally:
-        if own:
-            cluster.disconnect()
+        cluster.disconnect()
 
 
 if __name__ == "__main__":
