@@ -35,9 +35,15 @@ def connect(address: str | None, dashboard: bool = False) -> None:
         if address:
             raise ConnectionError(f"--address {address}: this process already runs Ray (ray.init was called); drop "
                                   "--address to search on that Ray, or call ray.shutdown() first")
-        _connected_here = False
         return
-    _connected_here = True
+    start_or_join(address, dashboard)
+    _connected_here = True  # only once ray.init has succeeded: a refused address leaves nothing to end
+
+
+def start_or_join(address: str | None, dashboard: bool) -> None:
+    """ray.init: a local Ray, or `address` once it has passed the bounded checks."""
+    import ray
+
     if not address:
         # Ray 2.60 turns token auth on for a local Ray; we keep it: its gRPC servers bind every interface whatever
         # we ask (127.0.0.1 maps to the node IP) and the token guards them. No dashboard unless asked, then on loopback.
