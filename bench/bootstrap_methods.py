@@ -6,25 +6,19 @@ each config's pooled per-image differences against the seed's config, both metho
 
 import argparse
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from mnist_net.data import DEFAULT_DATA_DIR, load_splits
-from tuner.confirm.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+from tuner.confirm.stats import bootstrap_ci
 
 
-def interval(d: np.ndarray, method: str) -> tuple[float, float, float]:
-    """(low, high, seconds) of scipy's bootstrap of 100 x mean(d) by `method`."""
+def interval(best: np.ndarray, seed: np.ndarray, method: str) -> tuple[float, float, float]:
+    """(low, high, seconds) of the confirm stage's bootstrap interval of best - seed by `method`."""
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        ci = stats.bootstrap((d,), lambda x, axis: 100 * np.mean(x, axis=axis), vectorized=True, batch=1000,
-                             confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
-                             random_state=BOOTSTRAP_SEED, method=method).confidence_interval
-    return ci.low, ci.high, time.perf_counter() - start
+    low, high = bootstrap_ci(best, seed, method=method)
+    return low, high, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         preds = np.load(path)
         seed = np.concatenate([row[:args.images] == labels for row in preds["seed_config"]])
         for label in (k for k in preds if k != "seed_config"):
-            d = np.concatenate([row[:args.images] == labels for row in preds[label]]).astype(float) - seed
-            bca, pct = interval(d, "BCa"), interval(d, "percentile")
+            best = np.concatenate([row[:args.images] == labels for row in preds[label]])
+            bca, pct = interval(best, seed, "BCa"), interval(best, seed, "percentile")
             worst = max(worst, abs(bca[0] - pct[0]), abs(bca[1] - pct[1]))
-            print(f"{path.parent}  {label}: n={d.size:,}  BCa {bca[0]:.3f} to {bca[1]:.3f} ({bca[2]:.1f} s)  "
+            print(f"{path.parent}  {label}: n={best.size:,}  BCa {bca[0]:.3f} to {bca[1]:.3f} ({bca[2]:.1f} s)  "
                   f"percentile {pct[0]:.3f} to {pct[1]:.3f} ({pct[2]:.1f} s)")
     print(f"largest difference between the two methods' bounds: {worst:.3f} pp")
     return 0

@@ -42,11 +42,13 @@ def paired_t_ci(acc_a: list[float], acc_b: list[float], confidence: float = CONF
     return float(ci.low), float(ci.high)
 
 
-def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = CONFIDENCE,
+                 method: str = "percentile") -> tuple[float, float]:
     """Paired bootstrap over the test images of the accuracy difference A - B, in pp: a percentile bootstrap of
     the per-image differences (A right - B right), the same statistic as resampling the pairs. Not BCa: its
     jackknife costs n^2 (11 s for 3 seeds' 30k images on 2 cores, 2.6 s so), and on the 21 committed
-    comparisons (20k-40k images) both intervals agree within 0.01 pp (docs/confirm.md)."""
+    comparisons (20k-40k images) both intervals agree within 0.01 pp (docs/confirm.md; `method` "BCa" for
+    bench/bootstrap_methods.py's comparison)."""
     # int8: resampling moves an eighth of float64's bytes (the interval is the same: the sums are small integers)
     d = np.asarray(correct_a, np.int8) - np.asarray(correct_b, np.int8)
     if not d.any():  # every resample gives 0: scipy would warn of degenerate data
@@ -55,7 +57,7 @@ def bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         res = stats.bootstrap((d,), lambda x, axis: 100.0 * np.mean(x, axis=axis), vectorized=True,
                               confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES, batch=1000,
-                              method="percentile", random_state=BOOTSTRAP_SEED)
+                              method=method, random_state=BOOTSTRAP_SEED)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
