@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import optuna
 import pandas as pd
-import pytest
 import ray
+from raysession import local_env
 
 from tuner import search
 
@@ -19,9 +19,7 @@ def run_search(argv: list[str]) -> int:
     """tuner.search.main in this process: on the test's Ray if one is up (tests/conftest.py's local_ray), which it
     leaves running, else on a local Ray of its own that is shut down whatever happens."""
     was_up = ray.is_initialized()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.delenv("RAY_AUTH_MODE", raising=False)  # ray.init sets it; put it back afterwards
+    with local_env():
         try:
             return search.main(argv)
         finally:

@@ -145,19 +145,28 @@ def gpu_id_while_all_run(barrier) -> str:
 _shared = False  # whether the Ray this process runs was started by shared_ray()
 
 
+@contextmanager
+def local_env():
+    """This process's environment as a local search starts Ray in it: no RAY_ADDRESS, and RAY_AUTH_MODE (which
+    ray.init sets) put back as it was afterwards. Yields the MonkeyPatch, for more changes undone alike."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.delenv("RAY_AUTH_MODE", raising=False)
+        yield mp
+
+
 def shared_ray() -> None:
     """A local Ray started as tuner.search starts one (cluster.connect with no --address), unless one is up. A
     search or confirm stage in this process uses it as a caller's Ray and leaves it running (tuner.run.cluster):
     the next test saves Ray's start and stop, ~5 s."""
     global _shared
-    import pytest
     import ray
 
     if ray.is_initialized():
         return
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.delenv("RAY_AUTH_MODE", raising=False)  # ray.init sets it; put it back afterwards
+    with local_env():
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     _shared = True
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import ray
-from raysession import clean_env
+from raysession import clean_env, local_env
 
 from tuner.run import cluster
 
@@ -37,11 +37,9 @@ def listening(pid: int) -> list[tuple[str, int]]:
 
 
 @pytest.fixture(scope="class")
-def local_ray():
+def searchs_ray():
     """The local Ray that tuner.search starts (cluster.connect with no --address)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.delenv("RAY_AUTH_MODE", raising=False)
+    with local_env():
         try:
             cluster.connect(None, dashboard=False)
             node = ray._private.worker._global_node
@@ -55,24 +53,24 @@ def local_ray():
 class TestLocalRay:
     """What can reach the local Ray that tuner.search starts."""
 
-    def test_no_dashboard_listens(self, local_ray):
+    def test_no_dashboard_listens(self, searchs_ray):
         # Ray still runs its dashboard process for the job and state APIs, without the web server
-        assert not local_ray.node.webui_url
-        for proc in local_ray.node.all_processes.get("dashboard", []):
+        assert not searchs_ray.node.webui_url
+        for proc in searchs_ray.node.all_processes.get("dashboard", []):
             assert listening(proc.process.pid) == []
 
-    def test_token_auth_is_on_and_a_wrong_token_is_refused(self, local_ray):
-        assert local_ray.auth_mode == "token"
+    def test_token_auth_is_on_and_a_wrong_token_is_refused(self, searchs_ray):
+        assert searchs_ray.auth_mode == "token"
         # Ray binds its gRPC servers to every interface whatever it is asked: the token guards them
-        gcs_port = int(local_ray.gcs.rsplit(":", 1)[1])
-        gcs_pid = local_ray.node.all_processes["gcs_server"][0].process.pid
+        gcs_port = int(searchs_ray.gcs.rsplit(":", 1)[1])
+        gcs_pid = searchs_ray.node.all_processes["gcs_server"][0].process.pid
         assert ("*", gcs_port) in listening(gcs_pid)
         join = "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); print(ray.nodes())"
         for token, ok in ((None, True), ("0" * 32, False)):
             env = clean_env(RAY_AUTH_MODE="token", RAY_gcs_server_port_wait_time_s="1")  # one try, not 20
             if token:
                 env["RAY_AUTH_TOKEN"] = token
-            done = subprocess.run([sys.executable, "-c", join, local_ray.gcs], env=env, capture_output=True,
+            done = subprocess.run([sys.executable, "-c", join, searchs_ray.gcs], env=env, capture_output=True,
                                   text=True, timeout=120)
             assert (done.returncode == 0) == ok, done.stderr[-2000:]
             if not ok:

@@ -82,9 +82,7 @@ def searched(tmp_path_factory):
     name, storage = "faults", resolve_storage(None, out)
     settings = SearchSettings(num_samples=4, max_epochs=2, train_size=1024, eval_size=200,
                               max_concurrent=2, fidelity_mode="smoke")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("RAY_ADDRESS", raising=False)
-        mp.delenv("RAY_AUTH_MODE", raising=False)  # Ray's own default: token auth on
+    with raysession.local_env():  # Ray's own default: token auth on
         try:
             raysession.shared_ray()  # the class asks for local_ray: the Ray the tests before it used
             cluster.connect(None, dashboard=False)  # a caller's Ray: used as it is and left running
