@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from mnist_net.data import DEFAULT_DATA_DIR, Split, load_splits  # noqa: E402
 
 # isort: split
+import parallel  # noqa: E402
 import raysession  # noqa: E402
 
 torch.set_num_threads(2)
@@ -75,6 +76,21 @@ def pytest_sessionfinish(session, exitstatus):
     raysession.end_shared_ray()
 
 
+def pytest_configure(config):
+    if not parallel.in_worker() and getattr(config.option, "numprocesses", None):
+        parallel.ensure_ray_token()  # in the controller, before the workers start
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    return parallel.scheduler(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if parallel.in_worker():
+        parallel.longest_first(items)
+
+
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory):
     """One real smoke search, run once for the modules that only read a finished search (test_search,
@@ -83,3 +99,4 @@ def searched(tmp_path_factory):
 
     raysession.shared_ray()
     return shared_search(tmp_path_factory.mktemp("searched") / "results")
+

@@ -158,7 +158,8 @@ def test_shared_storage_runs_trials_on_both_nodes(head, blind):
     assert not (shared / ".node-check").exists()
     # The trials ran in this token-auth cluster, not in a Ray the search started: the head's trial worker logged
     # in the head's session folder (Ray names it after the pid of `ray start`), and the cluster outlived the search.
-    (session,) = (Path(tempfile.gettempdir()) / "ray").glob(f"session_*_{head.pid}")
+    # the newest such folder: an older one may carry the same pid (a reused pid, an earlier run); the names sort by date
+    session = max((Path(tempfile.gettempdir()) / "ray").glob(f"session_*_{head.pid}"))
     (on_head,) = [pid for ip, pid in first.items() if ip != "127.0.0.2"]
     assert list((session / "logs").glob(f"worker-*-{on_head}.out"))
     assert session_pids(head.pid)
