@@ -26,10 +26,12 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes in /proc")]
 
 ROOT = Path(__file__).resolve().parents[1]
-# The session search's preset (tests/helpers_search.py): the 2nd checkpoint at epoch 2 forces Ray to snapshot
-# the experiment state. Epochs of 2,048 images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run
-# (1,024 did not on a VM training ~1,400 images/s per trial: trial 2 ran its 3 epochs between two looks);
-# TPE's proposals do not depend on it. 4 trials: the 4th is TPE's first proposal, after the 3 fixed points.
+# The session search's preset (tests/helpers_search.py), checkpointing every epoch: the 2nd checkpoint, at epoch 2,
+# forces Ray to snapshot the experiment state. (The default, "auto", skipped epoch 2 once, beside another test
+# worker: a slower save pushed the next past the epoch's end, and the kill window never came.) Epochs of 2,048
+# images (the preset's 512 take ~0.3 s) leave time to kill a trial mid-run (1,024 did not on a VM training
+# ~1,400 images/s per trial: trial 2 ran its 3 epochs between two looks); TPE's proposals do not depend on it.
+# 4 trials: the 4th is TPE's first proposal, after the 3 fixed points.
 TRAIN_SIZE = 2048
 TRIALS = 4
 # An experiment the flat layout (tuner/*.py, commit 4997d4a, before the stage folders) saved, made there by
@@ -108,7 +110,8 @@ def test_killed_search_resumes_with_finished_trials_kept(tmp_path, splits, searc
     out = tmp_path / "results"
     experiment = out / "ray" / "r"
     argv = ["--smoke-test", "--num-samples", str(TRIALS), "--max-concurrent", "1", "--max-epochs",
-            str(MAX_EPOCHS), "--train-size", str(TRAIN_SIZE), "--no-retrain", "--name", "r", "--out", str(out)]
+            str(MAX_EPOCHS), "--train-size", str(TRAIN_SIZE), "--checkpoint-every", "1", "--no-retrain", "--name", "r",
+            "--out", str(out)]
     log = tmp_path / "first_run.log"
     with open(log, "w") as fh:
         # its own session: the search, the local Ray it starts and Ray's workers are all in it
