@@ -99,4 +99,3 @@ def searched(tmp_path_factory):
 
     raysession.shared_ray()
     return shared_search(tmp_path_factory.mktemp("searched") / "results")
-

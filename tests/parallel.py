@@ -38,7 +38,10 @@ def longest_first(items: list) -> None:
 
 
 def scheduler(config, log):
-    """xdist's loadfile scheduler, with GROUPS as one file each and no reordering by test count."""
+    """For `--dist loadfile` (pyproject.toml's): xdist's loadfile scheduler, with GROUPS as one file each and no
+    reordering by test count. Another --dist gets xdist's own (None)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
     from xdist.scheduler import LoadFileScheduling
 
     class Groups(LoadFileScheduling):
