@@ -93,8 +93,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory):
-    """One real smoke search, run once for the modules that only read a finished search (test_search,
-    test_watch, test_notebook, test_extend): tests/helpers_search.shared_search, on the shared local Ray."""
+    """One real smoke search, run once for the modules that only read a finished search (the "searched" group of
+    tests/parallel.py's GROUPS, one worker's): tests/helpers_search.shared_search, on the shared local Ray."""
     from helpers_search import shared_search
 
     raysession.shared_ray()

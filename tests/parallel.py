@@ -2,9 +2,9 @@
 
 Much of the suite waits (Ray starting, child processes importing torch, a GCS probe's timeout): one process
 kept 2 cores ~64 % busy. A worker takes whole groups, never single tests: a module (its module-scoped Ray or
-cluster is started once), or the modules below that share a session-scoped fixture (the smoke search that
-test_search, test_watch, test_notebook, test_extend and test_resume read is run once, by one worker). Each
-worker runs its own local Ray (address "local", never a Ray another worker started), in its own temp folder.
+cluster is started once), or the modules GROUPS joins because they share a session-scoped fixture (the smoke
+search that five modules read is run once, by one worker). Each worker runs its own local Ray (address
+"local", never a Ray another worker started), in its own temp folder.
 """
 
 from __future__ import annotations
